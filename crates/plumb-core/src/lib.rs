@@ -1,0 +1,20 @@
+//! The shared vocabulary of plumb: chat messages, requests and responses, usage and cost,
+//! the model-facing traits (`ChatModel`, `Embedder`) and the ids every other crate uses.
+//!
+//! This crate does no I/O and knows no wire format: providers translate these types to and
+//! from their APIs, and the eval runner only ever sees the traits.
+
+mod chat;
+mod diagnostic;
+mod error;
+mod ids;
+mod model;
+
+pub use chat::{
+    ChatRequest, ChatResponse, FinishReason, JsonSchemaFormat, Message, ModelParams,
+    ResponseFormat, Role, TokenLogprob, ToolCall, ToolCallFunction, Usage,
+};
+pub use diagnostic::{SourceError, did_you_mean, edit_distance};
+pub use error::{ModelError, ModelErrorKind};
+pub use ids::{RunId, hash_hex};
+pub use model::{BoxFuture, ChatModel, Embedder, Pricing};

@@ -1,0 +1,1054 @@
+//! Deterministic assertions with promptfoo's names and semantics, each negatable with `not-`.
+//!
+//! An assertion is resolved once when the suite loads (type checked, regex compiled when its
+//! pattern has no template) and evaluated per case against the model's output.
+
+use std::sync::Arc;
+
+use plumb_core::{FinishReason, SourceError, ToolCall, did_you_mean};
+use plumb_prompt::template;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::metrics;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AssertionType {
+    Equals,
+    Contains,
+    Icontains,
+    ContainsAny,
+    ContainsAll,
+    IcontainsAny,
+    IcontainsAll,
+    StartsWith,
+    Regex,
+    IsJson,
+    ContainsJson,
+    IsValidOpenaiToolsCall,
+    Levenshtein,
+    RougeN,
+    Bleu,
+    WordCount,
+    Latency,
+    Cost,
+    FinishReason,
+    AssertSet,
+}
+
+const SUPPORTED: [(&str, AssertionType); 20] = [
+    ("equals", AssertionType::Equals),
+    ("contains", AssertionType::Contains),
+    ("icontains", AssertionType::Icontains),
+    ("contains-any", AssertionType::ContainsAny),
+    ("contains-all", AssertionType::ContainsAll),
+    ("icontains-any", AssertionType::IcontainsAny),
+    ("icontains-all", AssertionType::IcontainsAll),
+    ("starts-with", AssertionType::StartsWith),
+    ("regex", AssertionType::Regex),
+    ("is-json", AssertionType::IsJson),
+    ("contains-json", AssertionType::ContainsJson),
+    (
+        "is-valid-openai-tools-call",
+        AssertionType::IsValidOpenaiToolsCall,
+    ),
+    ("levenshtein", AssertionType::Levenshtein),
+    ("rouge-n", AssertionType::RougeN),
+    ("bleu", AssertionType::Bleu),
+    ("word-count", AssertionType::WordCount),
+    ("latency", AssertionType::Latency),
+    ("cost", AssertionType::Cost),
+    ("finish-reason", AssertionType::FinishReason),
+    ("assert-set", AssertionType::AssertSet),
+];
+
+/// promptfoo types plumb knows of but does not run yet: named so the error says "not supported"
+/// rather than "unknown", and never silently skipped.
+const NOT_YET: [&str; 34] = [
+    "similar",
+    "llm-rubric",
+    "g-eval",
+    "model-graded-closedqa",
+    "factuality",
+    "model-graded-factuality",
+    "answer-relevance",
+    "context-faithfulness",
+    "context-recall",
+    "context-relevance",
+    "select-best",
+    "max-score",
+    "javascript",
+    "python",
+    "ruby",
+    "webhook",
+    "is-xml",
+    "contains-xml",
+    "is-html",
+    "contains-html",
+    "is-sql",
+    "contains-sql",
+    "is-refusal",
+    "perplexity",
+    "perplexity-score",
+    "classifier",
+    "moderation",
+    "gleu",
+    "meteor",
+    "is-valid-function-call",
+    "is-valid-openai-function-call",
+    "tool-call-f1",
+    "conversation-relevance",
+    "human",
+];
+
+impl AssertionType {
+    pub fn name(self) -> &'static str {
+        SUPPORTED
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("unknown")
+    }
+
+    pub fn supported_names() -> impl Iterator<Item = &'static str> {
+        SUPPORTED.iter().map(|(name, _)| *name)
+    }
+
+    /// Parses `not-contains` into (Contains, negated), with a precise error otherwise.
+    pub fn parse(text: &str) -> Result<(AssertionType, bool), (String, Option<String>)> {
+        let (negate, base) = match text.strip_prefix("not-") {
+            Some(base) => (true, base),
+            None => (false, text),
+        };
+        if let Some((_, kind)) = SUPPORTED.iter().find(|(name, _)| *name == base) {
+            if *kind == AssertionType::AssertSet && negate {
+                return Err(("`assert-set` cannot be negated".into(), None));
+            }
+            return Ok((*kind, negate));
+        }
+        if NOT_YET.contains(&base) {
+            return Err((
+                format!("assertion type `{text}` is not supported yet"),
+                Some(format!(
+                    "plumb never skips an assertion silently; supported types: {}",
+                    AssertionType::supported_names()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            ));
+        }
+        let hint = match did_you_mean(base, AssertionType::supported_names()) {
+            Some(best) => format!("did you mean `{}{best}`?", if negate { "not-" } else { "" }),
+            None => format!(
+                "supported types: {}",
+                AssertionType::supported_names()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        Err((format!("unknown assertion type `{text}`"), Some(hint)))
+    }
+}
+
+/// A resolved assertion.
+#[derive(Clone, Debug)]
+pub struct Assertion {
+    pub kind: AssertionType,
+    pub negate: bool,
+    /// As written (`not-contains`), for reports.
+    pub label: String,
+    pub value: Option<Value>,
+    pub threshold: Option<f64>,
+    pub weight: f64,
+    pub metric: Option<String>,
+    pub children: Vec<Assertion>,
+    /// Precompiled when the pattern has no template syntax.
+    regex: Option<Arc<regex::Regex>>,
+    /// Precompiled JSON Schema (is-json / contains-json) when it has no template syntax.
+    schema: Option<Arc<jsonschema::Validator>>,
+}
+
+/// What an assertion looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct Output<'a> {
+    pub text: &'a str,
+    pub tool_calls: &'a [ToolCall],
+    pub finish_reason: Option<FinishReason>,
+    pub latency_ms: f64,
+    pub cost: f64,
+    /// The tools the prompt offered (OpenAI shape), for `is-valid-openai-tools-call`.
+    pub tools: &'a [Value],
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AssertionResult {
+    #[serde(rename = "type")]
+    pub label: String,
+    pub pass: bool,
+    pub score: f64,
+    pub reason: String,
+    pub weight: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+}
+
+impl Assertion {
+    /// Checks what can be checked before any model call: the value's shape for the type,
+    /// thresholds, regex syntax, schemas.
+    pub fn resolve(
+        label: &str,
+        value: Option<Value>,
+        threshold: Option<f64>,
+        weight: Option<f64>,
+        metric: Option<String>,
+        children: Vec<Assertion>,
+    ) -> Result<Assertion, (String, Option<String>)> {
+        let (kind, negate) = AssertionType::parse(label)?;
+        let weight = weight.unwrap_or(1.0);
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err((
+                format!("`{label}`: weight must be a number ≥ 0, got {weight}"),
+                None,
+            ));
+        }
+        let mut assertion = Assertion {
+            kind,
+            negate,
+            label: label.to_owned(),
+            value,
+            threshold,
+            weight,
+            metric,
+            children,
+            regex: None,
+            schema: None,
+        };
+        assertion.check_shape()?;
+        Ok(assertion)
+    }
+
+    fn check_shape(&mut self) -> Result<(), (String, Option<String>)> {
+        use AssertionType as T;
+        let label = self.label.clone();
+        let need = |what: &str| Err((format!("`{label}` needs a `value`: {what}"), None));
+        match self.kind {
+            T::Equals | T::Contains | T::Icontains | T::StartsWith => {
+                if self.value.is_none() {
+                    return need("the expected text");
+                }
+            }
+            T::ContainsAny | T::ContainsAll | T::IcontainsAny | T::IcontainsAll => {
+                match &self.value {
+                    Some(Value::Array(_)) | Some(Value::String(_)) => {}
+                    _ => return need("a list of strings (or one comma-separated string)"),
+                }
+            }
+            T::Regex => match &self.value {
+                Some(Value::String(pattern)) => {
+                    if !template::is_template(pattern) {
+                        let regex = regex::Regex::new(pattern).map_err(|error| {
+                            (
+                                format!("`{label}`: invalid regular expression: {error}"),
+                                None,
+                            )
+                        })?;
+                        self.regex = Some(Arc::new(regex));
+                    }
+                }
+                _ => return need("a regular expression string"),
+            },
+            T::IsJson | T::ContainsJson => {
+                if let Some(schema) = &self.value {
+                    if !schema.is_object() {
+                        return Err((
+                            format!("`{label}`: `value` must be a JSON Schema object"),
+                            None,
+                        ));
+                    }
+                    if !Value::to_string(schema).contains("{{") {
+                        let validator = jsonschema::validator_for(schema).map_err(|error| {
+                            (format!("`{label}`: invalid JSON Schema: {error}"), None)
+                        })?;
+                        self.schema = Some(Arc::new(validator));
+                    }
+                }
+            }
+            T::IsValidOpenaiToolsCall => {}
+            T::Levenshtein | T::RougeN | T::Bleu => {
+                if !matches!(self.value, Some(Value::String(_))) {
+                    return need("the reference text");
+                }
+            }
+            T::WordCount => match &self.value {
+                Some(Value::Number(_)) => {}
+                Some(Value::Object(bounds)) if bounds.keys().all(|k| k == "min" || k == "max") => {}
+                _ => return need("a number, or {min, max}"),
+            },
+            T::Latency | T::Cost => {
+                if self.threshold.is_none() {
+                    return Err((
+                        format!(
+                            "`{label}` needs a `threshold` ({})",
+                            if self.kind == T::Latency {
+                                "milliseconds"
+                            } else {
+                                "USD"
+                            }
+                        ),
+                        None,
+                    ));
+                }
+            }
+            T::FinishReason => {
+                if !matches!(self.value, Some(Value::String(_))) {
+                    return need("one of stop, length, tool_calls, content_filter");
+                }
+            }
+            T::AssertSet => {
+                if self.children.is_empty() {
+                    return Err(("`assert-set` needs a non-empty `assert` list".into(), None));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn evaluate(&self, output: &Output<'_>, vars: &Map<String, Value>) -> AssertionResult {
+        let (pass, score, reason) = match self.kind {
+            AssertionType::AssertSet => self.evaluate_set(output, vars),
+            _ => match self.evaluate_inner(output, vars) {
+                Ok(outcome) => outcome,
+                Err(reason) => (false, 0.0, reason),
+            },
+        };
+        let (pass, score, reason) = if self.negate {
+            (
+                !pass,
+                1.0 - score,
+                format!("expected the opposite: {reason}"),
+            )
+        } else {
+            (pass, score, reason)
+        };
+        AssertionResult {
+            label: self.label.clone(),
+            pass,
+            score,
+            reason,
+            weight: self.weight,
+            metric: self.metric.clone(),
+        }
+    }
+
+    fn evaluate_set(&self, output: &Output<'_>, vars: &Map<String, Value>) -> (bool, f64, String) {
+        let results: Vec<AssertionResult> = self
+            .children
+            .iter()
+            .map(|c| c.evaluate(output, vars))
+            .collect();
+        let (score, all_pass) = combine(&results);
+        let pass = match self.threshold {
+            Some(threshold) => score >= threshold,
+            None => all_pass,
+        };
+        let failed: Vec<&str> = results
+            .iter()
+            .filter(|r| !r.pass)
+            .map(|r| r.reason.as_str())
+            .collect();
+        let reason = if failed.is_empty() {
+            format!("all {} assertions passed", results.len())
+        } else {
+            format!(
+                "{} of {} failed: {}",
+                failed.len(),
+                results.len(),
+                failed.join("; ")
+            )
+        };
+        (pass, score, reason)
+    }
+
+    fn rendered_value(&self, vars: &Map<String, Value>) -> Result<Value, String> {
+        match &self.value {
+            Some(value) => render_value(value, vars),
+            None => Ok(Value::Null),
+        }
+    }
+
+    fn rendered_text(&self, vars: &Map<String, Value>) -> Result<String, String> {
+        Ok(match self.rendered_value(vars)? {
+            Value::String(text) => text,
+            Value::Null => String::new(),
+            other => other.to_string(),
+        })
+    }
+
+    fn evaluate_inner(
+        &self,
+        output: &Output<'_>,
+        vars: &Map<String, Value>,
+    ) -> Result<(bool, f64, String), String> {
+        use AssertionType as T;
+        let text = output.text;
+        let bool_result = |pass: bool, ok: String, fail: String| {
+            Ok((
+                pass,
+                if pass { 1.0 } else { 0.0 },
+                if pass { ok } else { fail },
+            ))
+        };
+        match self.kind {
+            T::Equals => {
+                let expected = self.rendered_value(vars)?;
+                match &expected {
+                    Value::Object(_) | Value::Array(_) => {
+                        let parsed: Result<Value, _> = serde_json::from_str(text.trim());
+                        let pass = parsed.as_ref().is_ok_and(|v| *v == expected);
+                        bool_result(
+                            pass,
+                            "output equals the expected JSON".into(),
+                            format!("expected JSON {expected}, got {}", excerpt(text)),
+                        )
+                    }
+                    _ => {
+                        let expected = value_text(&expected);
+                        bool_result(
+                            text == expected,
+                            "output equals the expected text".into(),
+                            format!("expected `{}`, got `{}`", excerpt(&expected), excerpt(text)),
+                        )
+                    }
+                }
+            }
+            T::Contains | T::Icontains => {
+                let needle = self.rendered_text(vars)?;
+                let pass = if self.kind == T::Icontains {
+                    text.to_lowercase().contains(&needle.to_lowercase())
+                } else {
+                    text.contains(&needle)
+                };
+                bool_result(
+                    pass,
+                    format!("output contains `{}`", excerpt(&needle)),
+                    format!("output does not contain `{}`", excerpt(&needle)),
+                )
+            }
+            T::ContainsAny | T::ContainsAll | T::IcontainsAny | T::IcontainsAll => {
+                let needles = string_list(&self.rendered_value(vars)?);
+                let insensitive = matches!(self.kind, T::IcontainsAny | T::IcontainsAll);
+                let haystack = if insensitive {
+                    text.to_lowercase()
+                } else {
+                    text.to_owned()
+                };
+                let found = |needle: &String| {
+                    if insensitive {
+                        haystack.contains(&needle.to_lowercase())
+                    } else {
+                        haystack.contains(needle.as_str())
+                    }
+                };
+                if matches!(self.kind, T::ContainsAny | T::IcontainsAny) {
+                    let pass = needles.iter().any(found);
+                    bool_result(
+                        pass,
+                        "output contains one of the values".into(),
+                        format!("output contains none of {needles:?}"),
+                    )
+                } else {
+                    let missing: Vec<&String> = needles.iter().filter(|n| !found(n)).collect();
+                    bool_result(
+                        missing.is_empty(),
+                        "output contains all the values".into(),
+                        format!("output lacks {missing:?}"),
+                    )
+                }
+            }
+            T::StartsWith => {
+                let prefix = self.rendered_text(vars)?;
+                bool_result(
+                    text.starts_with(&prefix),
+                    format!("output starts with `{}`", excerpt(&prefix)),
+                    format!("output does not start with `{}`", excerpt(&prefix)),
+                )
+            }
+            T::Regex => {
+                let regex = match &self.regex {
+                    Some(regex) => regex.clone(),
+                    None => Arc::new(
+                        regex::Regex::new(&self.rendered_text(vars)?)
+                            .map_err(|e| format!("invalid regular expression: {e}"))?,
+                    ),
+                };
+                bool_result(
+                    regex.is_match(text),
+                    format!("output matches /{}/", regex.as_str()),
+                    format!("output does not match /{}/", regex.as_str()),
+                )
+            }
+            T::IsJson => match serde_json::from_str::<Value>(text.trim()) {
+                Err(error) => Ok((false, 0.0, format!("output is not valid JSON: {error}"))),
+                Ok(value) => match self.validator(vars)? {
+                    None => Ok((true, 1.0, "output is valid JSON".into())),
+                    Some(validator) => match schema_errors(&validator, &value) {
+                        None => Ok((true, 1.0, "output is valid JSON matching the schema".into())),
+                        Some(errors) => Ok((
+                            false,
+                            0.0,
+                            format!("output JSON does not match the schema: {errors}"),
+                        )),
+                    },
+                },
+            },
+            T::ContainsJson => {
+                let candidates = metrics::extract_json(text);
+                if candidates.is_empty() {
+                    return Ok((false, 0.0, "output contains no JSON".into()));
+                }
+                match self.validator(vars)? {
+                    None => Ok((true, 1.0, "output contains JSON".into())),
+                    Some(validator) => {
+                        let mut last_error = String::new();
+                        for candidate in &candidates {
+                            match schema_errors(&validator, candidate) {
+                                None => {
+                                    return Ok((
+                                        true,
+                                        1.0,
+                                        "output contains JSON matching the schema".into(),
+                                    ));
+                                }
+                                Some(errors) => last_error = errors,
+                            }
+                        }
+                        Ok((
+                            false,
+                            0.0,
+                            format!("no JSON in the output matches the schema: {last_error}"),
+                        ))
+                    }
+                }
+            }
+            T::IsValidOpenaiToolsCall => tools_call(output),
+            T::Levenshtein => {
+                let expected = self.rendered_text(vars)?;
+                let distance = strsim::levenshtein(text, &expected);
+                let threshold = self.threshold.unwrap_or(5.0);
+                let pass = distance as f64 <= threshold;
+                bool_result(
+                    pass,
+                    format!("edit distance {distance} ≤ {threshold}"),
+                    format!("edit distance {distance} > {threshold}"),
+                )
+            }
+            T::RougeN | T::Bleu => {
+                let expected = self.rendered_text(vars)?;
+                let (name, score, default) = if self.kind == T::RougeN {
+                    ("ROUGE-N", metrics::rouge_n(text, &expected, 1), 0.75)
+                } else {
+                    ("BLEU", metrics::bleu(text, &expected), 0.5)
+                };
+                let threshold = self.threshold.unwrap_or(default);
+                let pass = score >= threshold;
+                let relation = if pass { "≥" } else { "<" };
+                Ok((
+                    pass,
+                    score,
+                    format!("{name} {score:.3} {relation} threshold {threshold}"),
+                ))
+            }
+            T::WordCount => {
+                let count = text.split_whitespace().count();
+                match self.rendered_value(vars)? {
+                    Value::Number(n) => {
+                        let expected = n.as_f64().unwrap_or(-1.0);
+                        bool_result(
+                            count as f64 == expected,
+                            format!("{count} words"),
+                            format!("{count} words, expected {expected}"),
+                        )
+                    }
+                    Value::Object(bounds) => {
+                        let min = bounds.get("min").and_then(Value::as_f64).unwrap_or(0.0);
+                        let max = bounds
+                            .get("max")
+                            .and_then(Value::as_f64)
+                            .unwrap_or(f64::INFINITY);
+                        let pass = (count as f64) >= min && (count as f64) <= max;
+                        bool_result(
+                            pass,
+                            format!("{count} words in [{min}, {max}]"),
+                            format!("{count} words, outside [{min}, {max}]"),
+                        )
+                    }
+                    other => Err(format!(
+                        "word-count value must be a number or {{min, max}}, got {other}"
+                    )),
+                }
+            }
+            T::Latency => {
+                let threshold = self.threshold.unwrap_or(f64::INFINITY);
+                let pass = output.latency_ms <= threshold;
+                bool_result(
+                    pass,
+                    format!("latency {:.0} ms ≤ {threshold} ms", output.latency_ms),
+                    format!("latency {:.0} ms > {threshold} ms", output.latency_ms),
+                )
+            }
+            T::Cost => {
+                let threshold = self.threshold.unwrap_or(f64::INFINITY);
+                let pass = output.cost <= threshold;
+                bool_result(
+                    pass,
+                    format!("cost ${:.6} ≤ ${threshold}", output.cost),
+                    format!("cost ${:.6} > ${threshold}", output.cost),
+                )
+            }
+            T::FinishReason => {
+                let expected = self.rendered_text(vars)?.to_lowercase();
+                let got = output
+                    .finish_reason
+                    .map(FinishReason::as_str)
+                    .unwrap_or("unknown");
+                bool_result(
+                    got == expected,
+                    format!("finish reason `{got}`"),
+                    format!("finish reason `{got}`, expected `{expected}`"),
+                )
+            }
+            T::AssertSet => Err("internal: assert-set evaluated as a leaf".into()),
+        }
+    }
+
+    fn validator(
+        &self,
+        vars: &Map<String, Value>,
+    ) -> Result<Option<Arc<jsonschema::Validator>>, String> {
+        if let Some(validator) = &self.schema {
+            return Ok(Some(validator.clone()));
+        }
+        match &self.value {
+            None => Ok(None),
+            Some(_) => {
+                let schema = self.rendered_value(vars)?;
+                jsonschema::validator_for(&schema)
+                    .map(|v| Some(Arc::new(v)))
+                    .map_err(|error| format!("invalid JSON Schema: {error}"))
+            }
+        }
+    }
+}
+
+/// (weighted mean score, whether every weighted assertion passed). Weight-0 assertions are
+/// recorded but never gate.
+pub fn combine(results: &[AssertionResult]) -> (f64, bool) {
+    let total_weight: f64 = results.iter().map(|r| r.weight).sum();
+    let score = if total_weight > 0.0 {
+        results.iter().map(|r| r.weight * r.score).sum::<f64>() / total_weight
+    } else {
+        1.0
+    };
+    let all_pass = results.iter().filter(|r| r.weight > 0.0).all(|r| r.pass);
+    (score, all_pass)
+}
+
+fn tools_call(output: &Output<'_>) -> Result<(bool, f64, String), String> {
+    let calls: Vec<ToolCall> = if output.tool_calls.is_empty() {
+        match serde_json::from_str::<Vec<ToolCall>>(output.text.trim()) {
+            Ok(calls) if !calls.is_empty() => calls,
+            _ => return Ok((false, 0.0, "output has no tool calls".into())),
+        }
+    } else {
+        output.tool_calls.to_vec()
+    };
+    for call in &calls {
+        let arguments: Value = match serde_json::from_str(&call.function.arguments) {
+            Ok(value) => value,
+            Err(error) => {
+                return Ok((
+                    false,
+                    0.0,
+                    format!("`{}` arguments are not JSON: {error}", call.function.name),
+                ));
+            }
+        };
+        if output.tools.is_empty() {
+            continue;
+        }
+        let Some(tool) = output.tools.iter().find(|tool| {
+            tool.pointer("/function/name").and_then(Value::as_str)
+                == Some(call.function.name.as_str())
+        }) else {
+            return Ok((
+                false,
+                0.0,
+                format!("`{}` is not one of the offered tools", call.function.name),
+            ));
+        };
+        if let Some(parameters) = tool.pointer("/function/parameters") {
+            let validator = jsonschema::validator_for(parameters)
+                .map_err(|e| format!("tool schema is invalid: {e}"))?;
+            if let Some(errors) = schema_errors(&validator, &arguments) {
+                return Ok((
+                    false,
+                    0.0,
+                    format!(
+                        "`{}` arguments do not match its schema: {errors}",
+                        call.function.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((true, 1.0, format!("{} valid tool call(s)", calls.len())))
+}
+
+fn schema_errors(validator: &jsonschema::Validator, value: &Value) -> Option<String> {
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .take(3)
+        .map(|e| e.to_string())
+        .collect();
+    (!errors.is_empty()).then(|| errors.join("; "))
+}
+
+/// Renders template syntax inside assertion values with the test's vars (promptfoo does too).
+pub fn render_value(value: &Value, vars: &Map<String, Value>) -> Result<Value, String> {
+    Ok(match value {
+        Value::String(text) if template::is_template(text) => Value::String(
+            template::render_str(text, vars).map_err(|e| format!("in assertion value: {e}"))?,
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| render_value(v, vars))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render_value(v, vars)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A list value, or promptfoo's comma-separated string.
+fn string_list(value: &Value) -> Vec<String> {
+    match value {
+        Value::Array(items) => items.iter().map(value_text).collect(),
+        Value::String(text) => text.split(',').map(|part| part.trim().to_owned()).collect(),
+        other => vec![value_text(other)],
+    }
+}
+
+fn excerpt(text: &str) -> String {
+    const LIMIT: usize = 80;
+    if text.chars().count() <= LIMIT {
+        return text.to_owned();
+    }
+    let cut: String = text.chars().take(LIMIT).collect();
+    format!("{cut}…")
+}
+
+/// Parses the `type(threshold):value` shorthand of promptfoo's CSV `__expected` columns.
+pub fn parse_expected_shorthand(text: &str) -> Result<Assertion, (String, Option<String>)> {
+    let text = text.trim();
+    let (head, value) = match text.split_once(':') {
+        Some((head, value)) if is_type_head(head) => (head, Some(value.to_owned())),
+        _ if is_type_head(text) => (text, None),
+        _ => ("equals", Some(text.to_owned())),
+    };
+    let (label, threshold) = match head.split_once('(') {
+        Some((label, rest)) => {
+            let number = rest.trim_end_matches(')');
+            let threshold = number
+                .parse::<f64>()
+                .map_err(|_| (format!("invalid threshold `{number}` in `{text}`"), None))?;
+            (label, Some(threshold))
+        }
+        None => (head, None),
+    };
+    let label = match label {
+        "grade" => "llm-rubric",
+        "fn" => "javascript",
+        other => other,
+    };
+    let value = value.map(|v| match label.trim_start_matches("not-") {
+        "contains-any" | "contains-all" | "icontains-any" | "icontains-all" => Value::Array(
+            v.split(',')
+                .map(|p| Value::String(p.trim().to_owned()))
+                .collect(),
+        ),
+        "word-count" => v
+            .trim()
+            .parse::<f64>()
+            .map(Value::from)
+            .unwrap_or(Value::String(v)),
+        "is-json" | "contains-json" => serde_json::from_str(&v).unwrap_or(Value::String(v)),
+        _ => Value::String(v),
+    });
+    let value = value.filter(|v| !matches!(v, Value::String(s) if s.is_empty()));
+    Assertion::resolve(label, value, threshold, None, None, Vec::new())
+}
+
+fn is_type_head(head: &str) -> bool {
+    let base = head.split('(').next().unwrap_or(head);
+    let base = base.strip_prefix("not-").unwrap_or(base);
+    AssertionType::supported_names().any(|name| name == base)
+        || NOT_YET.contains(&base)
+        || matches!(base, "grade" | "fn")
+}
+
+/// Attaches a location to an assertion error.
+pub(crate) fn located(error: (String, Option<String>), base: SourceError) -> SourceError {
+    let mut out = base;
+    out.message = error.0;
+    out.hint = error.1;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn output(text: &str) -> Output<'_> {
+        Output {
+            text,
+            tool_calls: &[],
+            finish_reason: Some(FinishReason::Stop),
+            latency_ms: 12.0,
+            cost: 0.001,
+            tools: &[],
+        }
+    }
+
+    fn check(label: &str, value: Value, text: &str) -> (bool, f64) {
+        let value = if value.is_null() { None } else { Some(value) };
+        let assertion = Assertion::resolve(label, value, None, None, None, Vec::new()).unwrap();
+        let vars = json!({"name": "Ada"}).as_object().cloned().unwrap();
+        let result = assertion.evaluate(&output(text), &vars);
+        (result.pass, result.score)
+    }
+
+    /// One row per case: type, value, output, expected pass.
+    #[test]
+    fn deterministic_assertions_table() {
+        let rows: Vec<(&str, Value, &str, bool)> = vec![
+            ("equals", json!("hi"), "hi", true),
+            ("equals", json!("hi"), "hi ", false),
+            ("equals", json!({"a": 1}), " {\"a\": 1} ", true),
+            ("equals", json!(3), "3", true),
+            ("not-equals", json!("hi"), "ho", true),
+            ("contains", json!("{{ name }}"), "Hello Ada!", true),
+            ("contains", json!("ada"), "Hello Ada!", false),
+            ("icontains", json!("ada"), "Hello Ada!", true),
+            ("not-icontains", json!("bob"), "Hello Ada!", true),
+            ("contains-any", json!(["x", "Ada"]), "Hello Ada", true),
+            ("contains-any", json!("x, y"), "Hello Ada", false),
+            ("contains-all", json!(["Hello", "Ada"]), "Hello Ada", true),
+            ("contains-all", json!(["Hello", "Bob"]), "Hello Ada", false),
+            ("icontains-all", json!(["hello", "ADA"]), "Hello Ada", true),
+            ("icontains-any", json!(["zz", "ADA"]), "Hello Ada", true),
+            ("starts-with", json!("Hel"), "Hello", true),
+            ("starts-with", json!("lo"), "Hello", false),
+            ("regex", json!("^\\d{3}-\\d{4}$"), "555-1234", true),
+            ("regex", json!("^\\d+$"), "12a", false),
+            ("is-json", Value::Null, "{\"a\": [1, 2]}", true),
+            ("is-json", Value::Null, "{a: 1}", false),
+            (
+                "is-json",
+                json!({"type": "object", "required": ["a"]}),
+                "{\"b\": 1}",
+                false,
+            ),
+            (
+                "contains-json",
+                Value::Null,
+                "Sure! {\"a\": 1} hope that helps",
+                true,
+            ),
+            (
+                "contains-json",
+                json!({"required": ["b"]}),
+                "x {\"a\": 1} y {\"b\": 2}",
+                true,
+            ),
+            ("contains-json", Value::Null, "no json here", false),
+            ("not-contains-json", Value::Null, "no json here", true),
+            ("levenshtein", json!("kitten"), "sitting", true),
+            (
+                "levenshtein",
+                json!("kitten"),
+                "completely different",
+                false,
+            ),
+            (
+                "rouge-n",
+                json!("the cat sat on the mat"),
+                "the cat sat on the mat",
+                true,
+            ),
+            (
+                "rouge-n",
+                json!("the cat sat on the mat"),
+                "a dog ran",
+                false,
+            ),
+            (
+                "bleu",
+                json!("the quick brown fox jumps over the lazy dog"),
+                "the quick brown fox jumps over the lazy dog",
+                true,
+            ),
+            (
+                "bleu",
+                json!("the quick brown fox jumps over the lazy dog"),
+                "hello there",
+                false,
+            ),
+            ("word-count", json!(2), "hello world", true),
+            ("word-count", json!({"min": 3}), "hello world", false),
+            ("finish-reason", json!("stop"), "x", true),
+            ("finish-reason", json!("length"), "x", false),
+        ];
+        for (label, value, text, expected) in rows {
+            let (pass, _) = check(label, value.clone(), text);
+            assert_eq!(pass, expected, "{label} {value} on {text:?}");
+        }
+    }
+
+    #[test]
+    fn negation_inverts_score() {
+        assert_eq!(
+            check("not-rouge-n", json!("a b c d"), "a b c d"),
+            (false, 0.0)
+        );
+    }
+
+    #[test]
+    fn latency_and_cost_need_thresholds() {
+        assert!(Assertion::resolve("latency", None, None, None, None, vec![]).is_err());
+        let latency = Assertion::resolve("latency", None, Some(10.0), None, None, vec![]).unwrap();
+        assert!(!latency.evaluate(&output("x"), &Map::new()).pass);
+        let cost = Assertion::resolve("cost", None, Some(0.01), None, None, vec![]).unwrap();
+        assert!(cost.evaluate(&output("x"), &Map::new()).pass);
+    }
+
+    #[test]
+    fn unknown_and_unsupported_types_are_errors() {
+        let (message, hint) = AssertionType::parse("contians").unwrap_err();
+        assert_eq!(message, "unknown assertion type `contians`");
+        assert_eq!(hint.as_deref(), Some("did you mean `contains`?"));
+        let (message, _) = AssertionType::parse("not-icontain").unwrap_err();
+        assert!(message.contains("not-icontain"));
+        assert_eq!(
+            AssertionType::parse("not-icontain")
+                .unwrap_err()
+                .1
+                .as_deref(),
+            Some("did you mean `not-icontains`?")
+        );
+        assert!(
+            AssertionType::parse("javascript")
+                .unwrap_err()
+                .0
+                .contains("not supported yet")
+        );
+        assert!(Assertion::resolve("regex", Some(json!("(")), None, None, None, vec![]).is_err());
+    }
+
+    #[test]
+    fn assert_set_with_threshold_and_weights() {
+        let children = vec![
+            Assertion::resolve("contains", Some(json!("a")), None, None, None, vec![]).unwrap(),
+            Assertion::resolve("contains", Some(json!("zzz")), None, None, None, vec![]).unwrap(),
+        ];
+        let set = Assertion::resolve("assert-set", None, Some(0.5), None, None, children.clone())
+            .unwrap();
+        let result = set.evaluate(&output("abc"), &Map::new());
+        assert!(result.pass);
+        assert_eq!(result.score, 0.5);
+        let strict = Assertion::resolve("assert-set", None, None, None, None, children).unwrap();
+        assert!(!strict.evaluate(&output("abc"), &Map::new()).pass);
+    }
+
+    #[test]
+    fn weight_zero_never_gates() {
+        let results = vec![
+            AssertionResult {
+                label: "a".into(),
+                pass: true,
+                score: 1.0,
+                reason: String::new(),
+                weight: 1.0,
+                metric: None,
+            },
+            AssertionResult {
+                label: "b".into(),
+                pass: false,
+                score: 0.0,
+                reason: String::new(),
+                weight: 0.0,
+                metric: None,
+            },
+        ];
+        assert_eq!(combine(&results), (1.0, true));
+    }
+
+    #[test]
+    fn tools_call_checks_names_and_schemas() {
+        let tools = vec![json!({"type": "function", "function": {"name": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}})];
+        let assertion =
+            Assertion::resolve("is-valid-openai-tools-call", None, None, None, None, vec![])
+                .unwrap();
+        let call = |args: &str| ToolCall {
+            id: "1".into(),
+            kind: "function".into(),
+            function: plumb_core::ToolCallFunction {
+                name: "weather".into(),
+                arguments: args.into(),
+            },
+        };
+        let good = [call("{\"city\": \"Oslo\"}")];
+        let bad = [call("{\"town\": \"Oslo\"}")];
+        let out = |calls: &'static [ToolCall]| Output {
+            tool_calls: calls,
+            tools: &tools,
+            ..output("")
+        };
+        let good: &'static [ToolCall] = Box::leak(Box::new(good));
+        let bad: &'static [ToolCall] = Box::leak(Box::new(bad));
+        assert!(assertion.evaluate(&out(good), &Map::new()).pass);
+        assert!(!assertion.evaluate(&out(bad), &Map::new()).pass);
+    }
+
+    #[test]
+    fn csv_expected_shorthand() {
+        let a = parse_expected_shorthand("icontains:hello").unwrap();
+        assert_eq!((a.kind, a.negate), (AssertionType::Icontains, false));
+        let a = parse_expected_shorthand("levenshtein(3):kitten").unwrap();
+        assert_eq!(a.threshold, Some(3.0));
+        let a = parse_expected_shorthand("plain expected text").unwrap();
+        assert_eq!(a.kind, AssertionType::Equals);
+        let a = parse_expected_shorthand("not-contains-any:a,b").unwrap();
+        assert_eq!(a.value, Some(json!(["a", "b"])));
+        assert!(
+            parse_expected_shorthand("grade:is polite")
+                .unwrap_err()
+                .0
+                .contains("not supported yet")
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! Evaluation: promptfoo-shaped suites, deterministic assertions, the concurrent runner with its
+//! response cache, statistics for honest comparisons, and reports.
+//!
+//! This crate sees models only through `plumb_core::ChatModel` and storage only through
+//! `plumb_store::Store`: it knows no provider, HTTP client or SQL.
+
+pub mod assertion;
+pub mod metrics;
+mod raw;
+pub mod report;
+pub mod runner;
+pub mod stats;
+pub mod suite;
+pub mod summary;
+
+pub use runner::{CacheMode, CaseResult, Observer, RunError, RunOptions, RunOutcome, Silent, run};
+pub use suite::{ProviderSpec, Suite, TestCase, Thresholds};
+pub use summary::{Summary, gate, summarize};

@@ -1,0 +1,529 @@
+//! The runner: every prompt × provider × test × repeat, concurrently within global and
+//! per-provider limits, through the response cache, with results streamed to the store in
+//! batches as they finish (memory stays flat however many cases there are).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use plumb_core::{
+    ChatModel, ChatRequest, ChatResponse, FinishReason, Message, ModelError, ModelErrorKind,
+    ToolCall, Usage, hash_hex,
+};
+use plumb_store::{CaseKey, CaseRecord, RunRecord, RunStatus, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+
+use crate::assertion::{self, AssertionResult, Output};
+use crate::suite::{Suite, render_messages};
+
+/// Results are written in one transaction per batch of this many, or sooner (`FLUSH_EVERY`).
+const BATCH: usize = 512;
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheMode {
+    /// Read hits, record misses.
+    ReadWrite,
+    /// Replay only: a miss is an error (CI without API keys).
+    ReadOnly,
+    /// Neither read nor write.
+    Off,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunOptions {
+    /// Cases in flight at once, across providers.
+    pub concurrency: usize,
+    pub repeat: u32,
+    pub cache: CacheMode,
+}
+
+/// One evaluated case, as stored (payload) and reported.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub prompt_idx: u32,
+    pub provider_idx: u32,
+    pub test_idx: u32,
+    pub repeat_idx: u32,
+    pub prompt: String,
+    pub provider: String,
+    pub test: String,
+    pub vars: Map<String, Value>,
+    pub messages: Vec<Message>,
+    pub output: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
+    /// Why the case could not be measured (the model call failed). `pass` is `None` then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub assertions: Vec<AssertionResult>,
+    pub pass: Option<bool>,
+    pub score: f64,
+    pub latency_ms: f64,
+    pub usage: Usage,
+    pub cost: f64,
+    pub cached: bool,
+}
+
+impl CaseResult {
+    pub fn key(&self) -> CaseKey {
+        CaseKey {
+            prompt_idx: self.prompt_idx,
+            provider_idx: self.provider_idx,
+            test_idx: self.test_idx,
+            repeat_idx: self.repeat_idx,
+        }
+    }
+
+    fn record(&self) -> Result<CaseRecord, StoreError> {
+        Ok(CaseRecord {
+            key: self.key(),
+            pass: self.pass,
+            score: self.score,
+            latency_ms: self.latency_ms,
+            cost: self.cost,
+            tokens: self.usage.total(),
+            payload: serde_json::to_string(self)
+                .map_err(|e| StoreError::Internal(e.to_string()))?,
+        })
+    }
+}
+
+/// What the runner tells its caller as it goes (the CLI draws a progress bar from it).
+pub trait Observer: Send + Sync {
+    /// `total` cases to run now, `done` already finished by an earlier attempt (resume).
+    fn started(&self, total: u64, done: u64);
+    fn finished(&self, result: &CaseResult);
+}
+
+/// An observer that does nothing.
+pub struct Silent;
+
+impl Observer for Silent {
+    fn started(&self, _total: u64, _done: u64) {}
+    fn finished(&self, _result: &CaseResult) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A model error that will not go away by itself (bad key, unknown model, cache miss in
+    /// read-only mode): the run stops at once.
+    #[error("{provider}: {error}")]
+    Fatal { provider: String, error: ModelError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub elapsed: Duration,
+}
+
+/// What is stored with a run so it can be resumed and described later.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub suite_path: String,
+    pub suite_hash: String,
+    pub options: RunOptions,
+    pub prompts: Vec<PromptInfo>,
+    pub providers: Vec<String>,
+    pub n_tests: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PromptInfo {
+    pub label: String,
+    pub hash: String,
+}
+
+impl RunConfig {
+    pub fn new(suite: &Suite, options: &RunOptions) -> RunConfig {
+        RunConfig {
+            suite_path: suite.path.display().to_string(),
+            suite_hash: suite.content_hash.clone(),
+            options: options.clone(),
+            prompts: suite
+                .prompts
+                .iter()
+                .map(|p| PromptInfo {
+                    label: p.label.clone(),
+                    hash: p.hash.clone(),
+                })
+                .collect(),
+            providers: suite.providers.iter().map(|p| p.label.clone()).collect(),
+            n_tests: suite.tests.len(),
+        }
+    }
+}
+
+/// Cached answers keep the latency of the call that produced them, so `latency` assertions
+/// and reports stay meaningful on replay.
+#[derive(Serialize, Deserialize)]
+struct CachedAnswer {
+    response: ChatResponse,
+    latency_ms: f64,
+}
+
+/// Runs `suite` with `models` (one per suite provider, in order). With `resume`, the run with
+/// that id continues and cases it already has are skipped.
+pub async fn run(
+    suite: Arc<Suite>,
+    models: Vec<Arc<dyn ChatModel>>,
+    store: Arc<dyn Store>,
+    options: RunOptions,
+    resume: Option<String>,
+    observer: Arc<dyn Observer>,
+    cancel: Arc<AtomicBool>,
+) -> Result<RunOutcome, RunError> {
+    if models.len() != suite.providers.len() {
+        return Err(RunError::Internal("one model per provider expected".into()));
+    }
+    let started = Instant::now();
+    let config = RunConfig::new(&suite, &options);
+    let (run_id, done) = match resume {
+        Some(run_id) => {
+            let done = {
+                let store = store.clone();
+                let run_id = run_id.clone();
+                tokio::task::spawn_blocking(move || store.completed_cases(&run_id))
+                    .await
+                    .map_err(|e| RunError::Internal(e.to_string()))??
+            };
+            (run_id, done)
+        }
+        None => {
+            let run_id = plumb_core::RunId::new().to_string();
+            let record = RunRecord {
+                id: run_id.clone(),
+                created_at: now_ms(),
+                suite_path: config.suite_path.clone(),
+                description: suite.description.clone(),
+                status: RunStatus::Running,
+                config: serde_json::to_string(&config)
+                    .map_err(|e| RunError::Internal(e.to_string()))?,
+                summary: None,
+            };
+            store.create_run(&record)?;
+            (run_id, Vec::new())
+        }
+    };
+    let done: std::collections::HashSet<CaseKey> = done.into_iter().collect();
+
+    let n_prompts = suite.prompts.len() as u32;
+    let n_providers = suite.providers.len() as u32;
+    let n_tests = suite.tests.len() as u32;
+    let repeat = options.repeat.max(1);
+    let total = n_prompts as u64 * n_providers as u64 * n_tests as u64 * repeat as u64;
+    observer.started(total - done.len() as u64, done.len() as u64);
+
+    let (sender, receiver) = mpsc::channel::<CaseResult>(BATCH * 2);
+    let writer = tokio::spawn(write_results(
+        store.clone(),
+        run_id.clone(),
+        receiver,
+        observer.clone(),
+    ));
+
+    let global = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let per_provider: Vec<Arc<Semaphore>> = models
+        .iter()
+        .map(|model| {
+            Arc::new(Semaphore::new(
+                model.max_concurrency().unwrap_or(usize::MAX >> 4).max(1),
+            ))
+        })
+        .collect();
+    let fatal: Arc<Mutex<Option<RunError>>> = Arc::new(Mutex::new(None));
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // Provider-major order: a local model works through its cases without other providers'
+    // cases interleaving (and their caches stay warm).
+    'dispatch: for provider_idx in 0..n_providers {
+        for prompt_idx in 0..n_prompts {
+            for test_idx in 0..n_tests {
+                for repeat_idx in 0..repeat {
+                    let key = CaseKey {
+                        prompt_idx,
+                        provider_idx,
+                        test_idx,
+                        repeat_idx,
+                    };
+                    if done.contains(&key) {
+                        continue;
+                    }
+                    let permit = tokio::select! {
+                        permit = global.clone().acquire_owned() => permit.map_err(|e| RunError::Internal(e.to_string()))?,
+                        _ = wait_cancel(&cancel) => break 'dispatch,
+                    };
+                    if cancel.load(Ordering::Relaxed) {
+                        break 'dispatch;
+                    }
+                    // Reap finished tasks so the set does not grow with the case count.
+                    while tasks.try_join_next().is_some() {}
+                    let job = Job {
+                        suite: suite.clone(),
+                        model: models[provider_idx as usize].clone(),
+                        provider_gate: per_provider[provider_idx as usize].clone(),
+                        store: store.clone(),
+                        cache: options.cache,
+                        key,
+                        repeats: repeat,
+                    };
+                    let sender = sender.clone();
+                    let fatal = fatal.clone();
+                    let cancel = cancel.clone();
+                    tasks.spawn(async move {
+                        let _permit = permit;
+                        match job.run().await {
+                            Ok(result) => {
+                                let _ = sender.send(result).await;
+                            }
+                            Err(error) => {
+                                cancel.store(true, Ordering::Relaxed);
+                                let mut slot = fatal.lock().await;
+                                if slot.is_none() {
+                                    *slot = Some(error);
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    drop(sender);
+    writer
+        .await
+        .map_err(|e| RunError::Internal(e.to_string()))??;
+
+    let fatal = fatal.lock().await.take();
+    let status = match (&fatal, cancel.load(Ordering::Relaxed)) {
+        (Some(_), _) => RunStatus::Failed,
+        (None, true) => RunStatus::Interrupted,
+        (None, false) => RunStatus::Completed,
+    };
+    store.finish_run(&run_id, status, "{}")?;
+    if let Some(error) = fatal {
+        return Err(error);
+    }
+    Ok(RunOutcome {
+        run_id,
+        status,
+        elapsed: started.elapsed(),
+    })
+}
+
+async fn wait_cancel(cancel: &AtomicBool) {
+    while !cancel.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct Job {
+    suite: Arc<Suite>,
+    model: Arc<dyn ChatModel>,
+    provider_gate: Arc<Semaphore>,
+    store: Arc<dyn Store>,
+    cache: CacheMode,
+    key: CaseKey,
+    repeats: u32,
+}
+
+impl Job {
+    async fn run(self) -> Result<CaseResult, RunError> {
+        let suite = &self.suite;
+        let prompt = &suite.prompts[self.key.prompt_idx as usize];
+        let provider = &suite.providers[self.key.provider_idx as usize];
+        let test = &suite.tests[self.key.test_idx as usize];
+        let messages = render_messages(prompt, &test.vars).map_err(RunError::Internal)?;
+        let params = prompt.template.file().params.merged_with(&provider.params);
+        let request = ChatRequest { messages, params };
+
+        let _gate = self
+            .provider_gate
+            .acquire()
+            .await
+            .map_err(|e| RunError::Internal(e.to_string()))?;
+        let answer = self.call_cached(&request).await;
+        let mut result = CaseResult {
+            prompt_idx: self.key.prompt_idx,
+            provider_idx: self.key.provider_idx,
+            test_idx: self.key.test_idx,
+            repeat_idx: self.key.repeat_idx,
+            prompt: prompt.label.clone(),
+            provider: provider.label.clone(),
+            test: test.description.clone(),
+            vars: test.vars.clone(),
+            messages: request.messages.clone(),
+            output: String::new(),
+            tool_calls: Vec::new(),
+            finish_reason: None,
+            error: None,
+            assertions: Vec::new(),
+            pass: None,
+            score: 0.0,
+            latency_ms: 0.0,
+            usage: Usage::default(),
+            cost: 0.0,
+            cached: false,
+        };
+        match answer {
+            Err(error) if error.is_user_error() => {
+                return Err(RunError::Fatal {
+                    provider: provider.label.clone(),
+                    error,
+                });
+            }
+            Err(error) => {
+                result.error = Some(match &error.hint {
+                    Some(hint) => format!("{error} ({hint})"),
+                    None => error.to_string(),
+                });
+            }
+            Ok((response, latency_ms, cached)) => {
+                let cost = self
+                    .model
+                    .pricing()
+                    .map(|p| p.cost(&response.usage))
+                    .unwrap_or(0.0);
+                let output = Output {
+                    text: &response.content,
+                    tool_calls: &response.tool_calls,
+                    finish_reason: response.finish_reason,
+                    latency_ms,
+                    cost,
+                    tools: &request.params.tools,
+                };
+                let results: Vec<AssertionResult> = test
+                    .asserts
+                    .iter()
+                    .map(|a| a.evaluate(&output, &test.vars))
+                    .collect();
+                let (score, all_pass) = assertion::combine(&results);
+                result.pass = Some(match test.threshold {
+                    Some(threshold) => score >= threshold,
+                    None => all_pass,
+                });
+                result.score = score;
+                result.assertions = results;
+                result.latency_ms = latency_ms;
+                result.cost = cost;
+                result.cached = cached;
+                result.usage = response.usage;
+                result.finish_reason = response.finish_reason;
+                result.tool_calls = response.tool_calls;
+                result.output = response.content;
+            }
+        }
+        Ok(result)
+    }
+
+    fn cache_key(&self, request: &ChatRequest) -> String {
+        let mut material = self.model.cache_identity();
+        material.push('\n');
+        material.push_str(&serde_json::to_string(request).unwrap_or_default());
+        // Repeats exist to measure variation; each repeat gets its own entry.
+        if self.repeats > 1 {
+            material.push_str(&format!("\nrepeat={}", self.key.repeat_idx));
+        }
+        hash_hex(material.as_bytes())
+    }
+
+    /// (response, latency in ms, whether it came from the cache).
+    async fn call_cached(
+        &self,
+        request: &ChatRequest,
+    ) -> Result<(ChatResponse, f64, bool), ModelError> {
+        let use_cache = self.cache != CacheMode::Off && self.model.cacheable();
+        let key = use_cache.then(|| self.cache_key(request));
+        if let Some(key) = &key {
+            let store = self.store.clone();
+            let lookup_key = key.clone();
+            let hit = tokio::task::spawn_blocking(move || store.cache_get(&lookup_key))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .and_then(|text| serde_json::from_str::<CachedAnswer>(&text).ok());
+            if let Some(hit) = hit {
+                return Ok((hit.response, hit.latency_ms, true));
+            }
+            if self.cache == CacheMode::ReadOnly {
+                return Err(ModelError::new(
+                    ModelErrorKind::CacheMiss,
+                    "no recorded answer for this request (cache is read-only)",
+                )
+                .with_hint("run once with `--cache read-write` (and the API key) to record it"));
+            }
+        }
+        let started = Instant::now();
+        let response = self.model.chat(request).await?;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        if let Some(key) = key {
+            let answer = CachedAnswer {
+                response: response.clone(),
+                latency_ms,
+            };
+            if let Ok(text) = serde_json::to_string(&answer) {
+                let store = self.store.clone();
+                // A failed cache write costs a future call, never this result.
+                let _ = tokio::task::spawn_blocking(move || store.cache_put(&key, &text)).await;
+            }
+        }
+        Ok((response, latency_ms, false))
+    }
+}
+
+async fn write_results(
+    store: Arc<dyn Store>,
+    run_id: String,
+    mut receiver: mpsc::Receiver<CaseResult>,
+    observer: Arc<dyn Observer>,
+) -> Result<(), StoreError> {
+    let mut batch: Vec<CaseRecord> = Vec::with_capacity(BATCH);
+    let mut last_flush = Instant::now();
+    loop {
+        let next = tokio::time::timeout(FLUSH_EVERY, receiver.recv()).await;
+        let closed = match next {
+            Ok(Some(result)) => {
+                observer.finished(&result);
+                batch.push(result.record()?);
+                false
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        if !batch.is_empty()
+            && (closed || batch.len() >= BATCH || last_flush.elapsed() >= FLUSH_EVERY)
+        {
+            let records = std::mem::take(&mut batch);
+            let store = store.clone();
+            let run_id = run_id.clone();
+            tokio::task::spawn_blocking(move || store.append_results(&run_id, &records))
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))??;
+            last_flush = Instant::now();
+        }
+        if closed {
+            return Ok(());
+        }
+    }
+}

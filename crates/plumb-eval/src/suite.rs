@@ -1,0 +1,964 @@
+//! Suites: loading a promptfoo-shaped YAML file (and the prompt and test files it points at)
+//! and resolving it into a `Suite` that is ready to run. Every problem is a `SourceError` with
+//! file:line:col where the YAML has one; nothing unknown is ignored.
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use plumb_core::{Message, ModelParams, Role, SourceError, did_you_mean, hash_hex};
+use plumb_prompt::{
+    MessageTemplate, PromptFile, PromptTemplate, RawParams, parse_response_format, yaml,
+};
+use serde_json::{Map, Value};
+use serde_saphyr::Spanned;
+
+use crate::assertion::{self, Assertion};
+use crate::raw::{
+    Node, RawAssertion, RawMessage, RawPromptObject, RawProviderObject, RawSuite, RawTest,
+};
+
+/// A generated test set may not exceed this many cases after var expansion: a typo in an
+/// array var should not silently queue millions of model calls.
+const MAX_TESTS: usize = 1_000_000;
+
+#[derive(Debug)]
+pub struct Suite {
+    pub path: PathBuf,
+    pub description: String,
+    pub prompts: Vec<SuitePrompt>,
+    pub providers: Vec<ProviderSpec>,
+    pub tests: Vec<TestCase>,
+    pub thresholds: Thresholds,
+    pub max_concurrency: Option<usize>,
+    pub repeat: Option<u32>,
+    pub output_paths: Vec<PathBuf>,
+    /// Hash of the suite file's text.
+    pub content_hash: String,
+}
+
+#[derive(Debug)]
+pub struct SuitePrompt {
+    pub label: String,
+    pub template: PromptTemplate,
+    /// A plain-text prompt (inline or .txt): if it renders to a JSON list of messages, those are
+    /// the messages (promptfoo's chat-JSON prompts); otherwise it is one user message.
+    pub raw: bool,
+    /// Hash of the prompt's content (messages, params, variables).
+    pub hash: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProviderSpec {
+    pub id: String,
+    pub label: String,
+    /// Sampling parameters from the provider's `config` (they override the prompt's).
+    pub params: ModelParams,
+    /// The rest of `config`: how to reach the model. The provider crate validates it.
+    pub options: Map<String, Value>,
+    /// Where the provider is declared, for errors found when building it.
+    pub location: SourceError,
+}
+
+#[derive(Clone, Debug)]
+pub struct TestCase {
+    pub description: String,
+    pub vars: Map<String, Value>,
+    pub asserts: Vec<Assertion>,
+    pub threshold: Option<f64>,
+    pub metadata: Value,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Thresholds {
+    pub pass_rate: Option<f64>,
+    pub metrics: IndexMap<String, f64>,
+}
+
+impl Thresholds {
+    pub fn is_set(&self) -> bool {
+        self.pass_rate.is_some() || !self.metrics.is_empty()
+    }
+}
+
+const PARAM_KEYS: [&str; 9] = [
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "seed",
+    "stop",
+    "response_format",
+    "tools",
+    "tool_choice",
+];
+
+fn location_of<T>(path: &Path, spanned: &Spanned<T>) -> SourceError {
+    let line = spanned.referenced.line() as usize;
+    let base = SourceError::in_file(path, "");
+    if line == 0 {
+        base
+    } else {
+        base.at(line, spanned.referenced.column() as usize)
+    }
+}
+
+fn with_message(base: &SourceError, message: impl Into<String>) -> SourceError {
+    let mut error = base.clone();
+    error.message = message.into();
+    error
+}
+
+impl Suite {
+    pub fn load(path: &Path) -> Result<Suite, SourceError> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            SourceError::in_file(path, format!("cannot read suite: {error}"))
+                .with_hint("give the path to a suite YAML file, or run `plumb init` to create one")
+        })?;
+        let raw: RawSuite = yaml::from_str(&text, path)?;
+        let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        let base_dir = if base_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base_dir
+        };
+
+        let prompts_at = location_of(path, &raw.prompts);
+        let mut prompts = Vec::new();
+        for (index, entry) in raw.prompts.value.0.into_iter().enumerate() {
+            let at = with_message(&prompts_at, "");
+            prompts.extend(resolve_prompt(entry, index, &base_dir, &at)?);
+        }
+        if prompts.is_empty() {
+            return Err(with_message(&prompts_at, "`prompts` is empty")
+                .with_hint("add at least one prompt"));
+        }
+
+        let providers_at = location_of(path, &raw.providers);
+        let mut providers = Vec::new();
+        for entry in raw.providers.value.0 {
+            providers.push(resolve_provider(entry, path, &providers_at)?);
+        }
+        if providers.is_empty() {
+            return Err(with_message(&providers_at, "`providers` is empty")
+                .with_hint("for example `providers: [mock:echo]`"));
+        }
+
+        let default_test = raw.default_test.unwrap_or_default();
+        let default_asserts =
+            resolve_assertions(default_test.assert.as_deref().unwrap_or_default(), path)?;
+        let mut tests = Vec::new();
+        if let Some(entries) = raw.tests {
+            let tests_at = location_of(path, &entries);
+            for entry in entries.value.0 {
+                match entry {
+                    Node::Str(reference) => {
+                        for (file, raw_tests) in load_test_files(&reference, &base_dir, &tests_at)?
+                        {
+                            for (raw_test, extra) in raw_tests {
+                                push_test(
+                                    &mut tests,
+                                    raw_test,
+                                    extra,
+                                    &default_test,
+                                    &default_asserts,
+                                    &file,
+                                )?;
+                            }
+                        }
+                    }
+                    Node::Map(raw_test) => push_test(
+                        &mut tests,
+                        raw_test,
+                        Vec::new(),
+                        &default_test,
+                        &default_asserts,
+                        path,
+                    )?,
+                    Node::Seq(never) => match never {},
+                }
+            }
+        } else {
+            // promptfoo runs a suite without tests once, with defaultTest alone.
+            push_test(
+                &mut tests,
+                RawTest::default(),
+                Vec::new(),
+                &default_test,
+                &default_asserts,
+                path,
+            )?;
+        }
+
+        let thresholds = match raw.thresholds {
+            Some(raw) => {
+                if let Some(rate) = raw.pass_rate
+                    && !(0.0..=1.0).contains(&rate)
+                {
+                    return Err(SourceError::in_file(
+                        path,
+                        format!("thresholds.pass_rate must be in [0, 1], got {rate}"),
+                    ));
+                }
+                Thresholds {
+                    pass_rate: raw.pass_rate,
+                    metrics: raw.metrics,
+                }
+            }
+            None => Thresholds::default(),
+        };
+        let (max_concurrency, repeat) = match raw.evaluate_options {
+            Some(options) => (options.max_concurrency, options.repeat),
+            None => (None, None),
+        };
+        let output_paths = raw
+            .output_path
+            .map(|paths| paths.0.into_iter().map(|p| base_dir.join(p)).collect())
+            .unwrap_or_default();
+        let suite = Suite {
+            path: path.to_owned(),
+            description: raw.description.unwrap_or_default(),
+            prompts,
+            providers,
+            tests,
+            thresholds,
+            max_concurrency,
+            repeat,
+            output_paths,
+            content_hash: hash_hex(text.as_bytes()),
+        };
+        suite.check_renders()?;
+        Ok(suite)
+    }
+
+    /// Renders every prompt with every test's vars once, so a template error stops the run
+    /// before the first model call instead of failing cases one by one.
+    fn check_renders(&self) -> Result<(), SourceError> {
+        for prompt in &self.prompts {
+            for (index, test) in self.tests.iter().enumerate() {
+                if let Err(error) = render_messages(prompt, &test.vars) {
+                    return Err(SourceError::in_file(
+                        &self.path,
+                        format!(
+                            "test {} (\"{}\"): prompt `{}`: {error}",
+                            index + 1,
+                            test.description,
+                            prompt.label
+                        ),
+                    )
+                    .with_hint(
+                        "define the variable in the test's `vars` (or in `defaultTest.vars`)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Renders a suite prompt for one test: the messages to send.
+pub fn render_messages(
+    prompt: &SuitePrompt,
+    vars: &Map<String, Value>,
+) -> Result<Vec<Message>, String> {
+    let messages = prompt
+        .template
+        .render(vars)
+        .map_err(|error| error.to_string())?;
+    if prompt.raw
+        && let [only] = messages.as_slice()
+        && only.content.trim_start().starts_with('[')
+        && let Ok(list) = serde_json::from_str::<Vec<Message>>(only.content.trim())
+        && !list.is_empty()
+    {
+        return Ok(list);
+    }
+    Ok(messages)
+}
+
+fn inline_prompt(
+    label: String,
+    text: String,
+    raw: bool,
+    at: &SourceError,
+) -> Result<SuitePrompt, SourceError> {
+    let file = PromptFile {
+        name: label.clone(),
+        description: None,
+        messages: vec![MessageTemplate {
+            role: Role::User,
+            content: text,
+        }],
+        params: ModelParams::default(),
+        variables: IndexMap::new(),
+    };
+    compile(file, label, raw, at)
+}
+
+fn compile(
+    file: PromptFile,
+    label: String,
+    raw: bool,
+    at: &SourceError,
+) -> Result<SuitePrompt, SourceError> {
+    let hash = hash_hex(serde_json::to_string(&file).unwrap_or_default().as_bytes());
+    let template = PromptTemplate::compile(file)
+        .map_err(|error| with_message(at, format!("prompt `{label}`: {error}")))?;
+    Ok(SuitePrompt {
+        label,
+        template,
+        raw,
+        hash,
+    })
+}
+
+fn default_label(text: &str) -> String {
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > 40 {
+        format!("{}…", one_line.chars().take(40).collect::<String>())
+    } else {
+        one_line
+    }
+}
+
+fn chat_prompt(
+    label: String,
+    messages: Vec<RawMessage>,
+    path: &Path,
+    at: &SourceError,
+) -> Result<SuitePrompt, SourceError> {
+    let mut templates = Vec::new();
+    for message in messages {
+        let Some(role) = Role::parse(&message.role.value) else {
+            let error = location_of(path, &message.role);
+            let error = with_message(&error, format!("unknown role `{}`", message.role.value));
+            return Err(match did_you_mean(&message.role.value, Role::ALL) {
+                Some(best) => error.with_hint(format!("did you mean `{best}`?")),
+                None => error.with_hint(format!("accepted: {}", Role::ALL.join(", "))),
+            });
+        };
+        templates.push(MessageTemplate {
+            role,
+            content: message.content,
+        });
+    }
+    if templates.is_empty() {
+        return Err(with_message(at, "a chat prompt needs at least one message"));
+    }
+    let file = PromptFile {
+        name: label.clone(),
+        description: None,
+        messages: templates,
+        params: ModelParams::default(),
+        variables: IndexMap::new(),
+    };
+    compile(file, label, false, at)
+}
+
+fn resolve_prompt(
+    entry: Node<RawPromptObject, Vec<RawMessage>>,
+    index: usize,
+    base_dir: &Path,
+    at: &SourceError,
+) -> Result<Vec<SuitePrompt>, SourceError> {
+    let suite_path = at.path.clone().unwrap_or_default();
+    match entry {
+        Node::Str(text) => match text.strip_prefix("file://") {
+            Some(reference) => prompt_files(reference, None, base_dir, at),
+            None => Ok(vec![inline_prompt(default_label(&text), text, true, at)?]),
+        },
+        Node::Seq(messages) => {
+            chat_prompt(format!("prompt {}", index + 1), messages, &suite_path, at).map(|p| vec![p])
+        }
+        Node::Map(object) => {
+            let sources = [
+                object.id.is_some(),
+                object.raw.is_some(),
+                object.messages.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                return Err(with_message(
+                    at,
+                    format!(
+                        "prompts[{index}]: give exactly one of `id` (a file:// path), `raw` or `messages`"
+                    ),
+                ));
+            }
+            if let Some(id) = object.id {
+                let id_at = location_of(&suite_path, &id);
+                let Some(reference) = id.value.strip_prefix("file://") else {
+                    return Err(with_message(
+                        &id_at,
+                        format!("prompt id `{}` is not a file:// path", id.value),
+                    )
+                    .with_hint("inline templates go in `raw`"));
+                };
+                return prompt_files(reference, object.label, base_dir, &id_at);
+            }
+            if let Some(raw) = object.raw {
+                let label = object.label.unwrap_or_else(|| default_label(&raw));
+                return Ok(vec![inline_prompt(label, raw, true, at)?]);
+            }
+            let label = object
+                .label
+                .unwrap_or_else(|| format!("prompt {}", index + 1));
+            chat_prompt(label, object.messages.unwrap_or_default(), &suite_path, at)
+                .map(|p| vec![p])
+        }
+    }
+}
+
+fn expand_glob(
+    reference: &str,
+    base_dir: &Path,
+    at: &SourceError,
+) -> Result<Vec<PathBuf>, SourceError> {
+    let joined = base_dir.join(reference);
+    let pattern = joined.to_string_lossy();
+    if !reference.contains(['*', '?', '[']) {
+        if !joined.exists() {
+            return Err(
+                with_message(at, format!("file `{}` does not exist", joined.display()))
+                    .with_hint("paths after file:// are relative to the suite file"),
+            );
+        }
+        return Ok(vec![joined]);
+    }
+    let mut paths: Vec<PathBuf> = glob::glob(&pattern)
+        .map_err(|error| with_message(at, format!("invalid glob `{reference}`: {error}")))?
+        .filter_map(Result::ok)
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(with_message(
+            at,
+            format!("glob `{reference}` matches no file"),
+        ));
+    }
+    Ok(paths)
+}
+
+fn prompt_files(
+    reference: &str,
+    label: Option<String>,
+    base_dir: &Path,
+    at: &SourceError,
+) -> Result<Vec<SuitePrompt>, SourceError> {
+    let paths = expand_glob(reference, base_dir, at)?;
+    let single = paths.len() == 1;
+    let mut prompts = Vec::new();
+    for path in paths {
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let file_label = |fallback: String| match (&label, single) {
+            (Some(label), true) => label.clone(),
+            _ => fallback,
+        };
+        let file_at = SourceError::in_file(&path, "");
+        match extension.as_str() {
+            "yaml" | "yml" => {
+                let file = PromptFile::load(&path)?;
+                let name = file_label(file.name.clone());
+                prompts.push(compile(file, name, false, &file_at)?);
+            }
+            _ => {
+                let text = std::fs::read_to_string(&path).map_err(|error| {
+                    with_message(&file_at, format!("cannot read prompt: {error}"))
+                })?;
+                let name = file_label(
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
+                if extension == "json" {
+                    let messages: Vec<Message> = serde_json::from_str(&text).map_err(|error| {
+                        with_message(&file_at, format!("invalid chat JSON: {error}"))
+                            .with_hint("expected a list of {\"role\": ..., \"content\": ...}")
+                    })?;
+                    let templates = messages
+                        .into_iter()
+                        .map(|m| MessageTemplate {
+                            role: m.role,
+                            content: m.content,
+                        })
+                        .collect();
+                    let file = PromptFile {
+                        name: name.clone(),
+                        description: None,
+                        messages: templates,
+                        params: ModelParams::default(),
+                        variables: IndexMap::new(),
+                    };
+                    prompts.push(compile(file, name, false, &file_at)?);
+                } else {
+                    prompts.push(inline_prompt(name, text, true, &file_at)?);
+                }
+            }
+        }
+    }
+    Ok(prompts)
+}
+
+fn resolve_provider(
+    entry: Node<RawProviderObject, crate::raw::NoSeq>,
+    path: &Path,
+    at: &SourceError,
+) -> Result<ProviderSpec, SourceError> {
+    let (id, label, config, location) = match entry {
+        Node::Str(id) => (id.clone(), id, Map::new(), at.clone()),
+        Node::Map(object) => {
+            let location = location_of(path, &object.id);
+            let label = object.label.unwrap_or_else(|| object.id.value.clone());
+            (
+                object.id.value,
+                label,
+                object.config.unwrap_or_default(),
+                location,
+            )
+        }
+        Node::Seq(never) => match never {},
+    };
+    let mut params_map = Map::new();
+    let mut options = Map::new();
+    for (key, value) in config {
+        if PARAM_KEYS.contains(&key.as_str()) {
+            params_map.insert(key, value);
+        } else {
+            options.insert(key, value);
+        }
+    }
+    let response_format = params_map.remove("response_format");
+    let tools = params_map.remove("tools");
+    let tool_choice = params_map.remove("tool_choice");
+    let raw_params: RawParams = serde_json::from_value(Value::Object(params_map))
+        .map_err(|error| with_message(&location, format!("provider `{id}` config: {error}")))?;
+    let mut params = raw_params
+        .resolve()
+        .map_err(|message| with_message(&location, format!("provider `{id}` config: {message}")))?;
+    if let Some(format) = response_format {
+        params.response_format = Some(parse_response_format(format).map_err(|message| {
+            with_message(
+                &location,
+                format!("provider `{id}` response_format: {message}"),
+            )
+        })?);
+    }
+    if let Some(tools) = tools {
+        match tools {
+            Value::Array(list) => params.tools = list,
+            _ => {
+                return Err(with_message(
+                    &location,
+                    format!("provider `{id}` config: `tools` must be a list"),
+                ));
+            }
+        }
+    }
+    params.tool_choice = tool_choice;
+    Ok(ProviderSpec {
+        id,
+        label,
+        params,
+        options,
+        location,
+    })
+}
+
+/// (file, tests with their extra CSV-derived assertions) for a `file://` reference.
+type LoadedTests = Vec<(PathBuf, Vec<(RawTest, Vec<Assertion>)>)>;
+
+fn load_test_files(
+    reference: &str,
+    base_dir: &Path,
+    at: &SourceError,
+) -> Result<LoadedTests, SourceError> {
+    let Some(reference) = reference.strip_prefix("file://") else {
+        return Err(with_message(
+            at,
+            format!("test entry `{reference}` is not a file:// path"),
+        )
+        .with_hint("inline tests are maps with `vars` and `assert`"));
+    };
+    let mut out = Vec::new();
+    for path in expand_glob(reference, base_dir, at)? {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|error| SourceError::in_file(&path, format!("cannot read tests: {error}")))?;
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default();
+        let tests = match extension {
+            "csv" => tests_from_csv(&text, &path)?,
+            "jsonl" => {
+                let mut tests = Vec::new();
+                for (index, line) in text.lines().enumerate() {
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let test: RawTest = yaml::from_str(line, &path).map_err(|mut error| {
+                        error.line = Some(index + 1);
+                        error
+                    })?;
+                    tests.push((test, Vec::new()));
+                }
+                tests
+            }
+            "yaml" | "yml" | "json" => {
+                let list: Vec<RawTest> = yaml::from_str(&text, &path)?;
+                list.into_iter().map(|t| (t, Vec::new())).collect()
+            }
+            other => {
+                return Err(SourceError::in_file(
+                    &path,
+                    format!("unsupported test file type `.{other}`"),
+                )
+                .with_hint("tests load from .csv, .jsonl, .yaml, .yml or .json"));
+            }
+        };
+        out.push((path, tests));
+    }
+    Ok(out)
+}
+
+/// promptfoo's CSV: one test per row; columns are vars, except `__expected`, `__expected1..N`
+/// (assertion shorthand), `__description`, `__metric` and `__threshold`.
+fn tests_from_csv(text: &str, path: &Path) -> Result<Vec<(RawTest, Vec<Assertion>)>, SourceError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_reader(text.as_bytes());
+    let headers = reader
+        .headers()
+        .map_err(|error| SourceError::in_file(path, format!("invalid CSV header: {error}")))?
+        .clone();
+    let known_special = ["__description", "__metric", "__threshold"];
+    for header in headers.iter() {
+        if header.starts_with("__")
+            && !header.starts_with("__expected")
+            && !known_special.contains(&header)
+        {
+            return Err(SourceError::in_file(path, format!("unknown special column `{header}`"))
+                .with_hint("special columns: __expected, __expected1.., __description, __metric, __threshold"));
+        }
+    }
+    let mut tests = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|error| {
+            let line = error.position().map(|p| p.line() as usize);
+            let mut source = SourceError::in_file(path, format!("bad CSV row: {error}"));
+            source.line = line;
+            source.with_hint(
+                "every row needs as many fields as the header; quote fields that contain commas",
+            )
+        })?;
+        let line = record.position().map(|p| p.line() as usize).unwrap_or(0);
+        let mut test = RawTest::default();
+        let mut vars = IndexMap::new();
+        let mut asserts = Vec::new();
+        let mut metric = None;
+        for (header, field) in headers.iter().zip(record.iter()) {
+            if header.starts_with("__expected") {
+                if field.trim().is_empty() {
+                    continue;
+                }
+                let assertion = assertion::parse_expected_shorthand(field).map_err(|error| {
+                    assertion::located(error, SourceError::in_file(path, "").at(line, 1))
+                })?;
+                asserts.push(assertion);
+            } else if header == "__description" {
+                test.description = Some(field.to_owned());
+            } else if header == "__metric" {
+                metric = Some(field.to_owned()).filter(|m| !m.is_empty());
+            } else if header == "__threshold" {
+                if !field.trim().is_empty() {
+                    test.threshold = Some(field.trim().parse().map_err(|_| {
+                        SourceError::in_file(path, format!("__threshold `{field}` is not a number"))
+                            .at(line, 1)
+                    })?);
+                }
+            } else {
+                vars.insert(header.to_owned(), Value::String(field.to_owned()));
+            }
+        }
+        if let Some(metric) = metric {
+            for assertion in &mut asserts {
+                assertion.metric = Some(metric.clone());
+            }
+        }
+        test.vars = Some(vars);
+        tests.push((test, asserts));
+    }
+    Ok(tests)
+}
+
+fn resolve_assertions(raw: &[RawAssertion], path: &Path) -> Result<Vec<Assertion>, SourceError> {
+    raw.iter()
+        .map(|assertion| resolve_assertion(assertion, path))
+        .collect()
+}
+
+fn resolve_assertion(raw: &RawAssertion, path: &Path) -> Result<Assertion, SourceError> {
+    let at = location_of(path, &raw.kind);
+    let children = match &raw.assert {
+        Some(children) => {
+            if raw.kind.value != "assert-set" {
+                return Err(with_message(
+                    &at,
+                    format!(
+                        "only `assert-set` takes an `assert` list, not `{}`",
+                        raw.kind.value
+                    ),
+                ));
+            }
+            resolve_assertions(children, path)?
+        }
+        None => Vec::new(),
+    };
+    if raw.config.is_some() {
+        return Err(with_message(
+            &at,
+            format!("`{}` takes no `config`", raw.kind.value),
+        ));
+    }
+    Assertion::resolve(
+        &raw.kind.value,
+        raw.value.clone(),
+        raw.threshold,
+        raw.weight,
+        raw.metric.clone(),
+        children,
+    )
+    .map_err(|error| assertion::located(error, at))
+}
+
+fn push_test(
+    tests: &mut Vec<TestCase>,
+    raw: RawTest,
+    extra_asserts: Vec<Assertion>,
+    default: &RawTest,
+    default_asserts: &[Assertion],
+    path: &Path,
+) -> Result<(), SourceError> {
+    let mut vars: IndexMap<String, Value> = default.vars.clone().unwrap_or_default();
+    for (key, value) in raw.vars.unwrap_or_default() {
+        vars.insert(key, value);
+    }
+    let options = raw
+        .options
+        .or_else(|| default.options.clone())
+        .unwrap_or_default();
+    let mut asserts = default_asserts.to_vec();
+    asserts.extend(resolve_assertions(
+        raw.assert.as_deref().unwrap_or_default(),
+        path,
+    )?);
+    asserts.extend(extra_asserts);
+    let threshold = raw.threshold.or(default.threshold);
+    let metadata = raw
+        .metadata
+        .or_else(|| default.metadata.clone())
+        .unwrap_or(Value::Null);
+    let combos = if options.disable_var_expansion.unwrap_or(false) {
+        vec![vars]
+    } else {
+        expand_vars(vars)
+    };
+    if tests.len() + combos.len() > MAX_TESTS {
+        return Err(SourceError::in_file(path, format!("the suite expands to more than {MAX_TESTS} tests"))
+            .with_hint("array-valued vars expand to every combination; set `options.disableVarExpansion: true` to pass a list as one value"));
+    }
+    for combo in combos {
+        let description = raw
+            .description
+            .clone()
+            .unwrap_or_else(|| describe_vars(&combo));
+        tests.push(TestCase {
+            description,
+            vars: combo.into_iter().collect(),
+            asserts: asserts.clone(),
+            threshold,
+            metadata: metadata.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// promptfoo's rule: every array-valued var multiplies the test into one per element.
+fn expand_vars(vars: IndexMap<String, Value>) -> Vec<IndexMap<String, Value>> {
+    let mut combos = vec![IndexMap::new()];
+    for (key, value) in vars {
+        match value {
+            Value::Array(items) if !items.is_empty() => {
+                let mut next = Vec::with_capacity(combos.len() * items.len());
+                for combo in &combos {
+                    for item in &items {
+                        let mut extended = combo.clone();
+                        extended.insert(key.clone(), item.clone());
+                        next.push(extended);
+                    }
+                }
+                combos = next;
+            }
+            other => {
+                for combo in &mut combos {
+                    combo.insert(key.clone(), other.clone());
+                }
+            }
+        }
+    }
+    combos
+}
+
+fn describe_vars(vars: &IndexMap<String, Value>) -> String {
+    let text = vars
+        .values()
+        .map(|value| match value {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    default_label(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn load(text: &str) -> Result<Suite, SourceError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "suite.yaml", text);
+        Suite::load(&path)
+    }
+
+    #[test]
+    fn promptfoo_shape_loads() {
+        let suite = load(
+            r#"
+description: demo
+prompts:
+  - "Say {{ word }}"
+  - - role: system
+      content: be terse
+    - role: user
+      content: "{{ word }}?"
+providers:
+  - echo
+  - id: mock:echo
+    label: second
+    config: {temperature: 0.2, max_tokens: 3}
+defaultTest:
+  vars: {word: hi}
+  assert: [{type: contains, value: "{{ word }}"}]
+tests:
+  - vars: {word: [a, b, c]}
+  - description: plain
+    assert: [{type: not-equals, value: nope, weight: 2, metric: m}]
+thresholds: {pass_rate: 0.5}
+"#,
+        )
+        .unwrap();
+        assert_eq!(suite.prompts.len(), 2);
+        assert_eq!(suite.providers[1].params.temperature, Some(0.2));
+        assert_eq!(suite.tests.len(), 4);
+        assert_eq!(suite.tests[3].asserts.len(), 2);
+        assert_eq!(suite.tests[3].vars["word"], "hi");
+        assert_eq!(suite.thresholds.pass_rate, Some(0.5));
+    }
+
+    #[test]
+    fn unknown_assertion_type_points_at_it() {
+        let error = load("prompts: [hi]\nproviders: [echo]\ntests:\n  - assert:\n      - type: contians\n        value: x\n").unwrap_err();
+        assert_eq!((error.line, error.column), (Some(5), Some(15)), "{error}");
+        assert_eq!(error.message, "unknown assertion type `contians`");
+        assert_eq!(error.hint.as_deref(), Some("did you mean `contains`?"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_hints() {
+        let error =
+            load("prompts: [hi]\nproviders: [echo]\ntests:\n  - varz: {a: 1}\n").unwrap_err();
+        assert_eq!(error.line, Some(4), "{error}");
+        assert!(error.hint.unwrap().starts_with("did you mean `vars`?"));
+        let error = load("prompts: [hi]\nprovider: [echo]\n").unwrap_err();
+        assert!(error.hint.unwrap().starts_with("did you mean `providers`?"));
+    }
+
+    #[test]
+    fn undefined_variables_name_the_test_and_var() {
+        let error =
+            load("prompts: ['Hi {{ nme }}']\nproviders: [echo]\ntests:\n  - vars: {name: x}\n")
+                .unwrap_err();
+        assert!(error.message.contains("test 1"), "{error}");
+        assert!(
+            error.message.contains("undefined variable `nme`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn csv_jsonl_and_yaml_tests() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "t.csv",
+            "q,__expected,__description\nhello,contains:hel,first\n\"a, b\",icontains:A,\n",
+        );
+        write(
+            dir.path(),
+            "t.jsonl",
+            "{\"vars\": {\"q\": \"x\"}, \"assert\": [{\"type\": \"equals\", \"value\": \"x\"}]}\n",
+        );
+        write(dir.path(), "t.yaml", "- vars: {q: y}\n");
+        let path = write(
+            dir.path(),
+            "suite.yaml",
+            "prompts: ['{{q}}']\nproviders: [echo]\ntests: [file://t.csv, file://t.jsonl, 'file://*.yaml']\n",
+        );
+        let error = Suite::load(&path);
+        // The glob also matches suite.yaml itself, which is not a test list.
+        assert!(error.is_err());
+        fs::rename(dir.path().join("t.yaml"), dir.path().join("u.yml")).unwrap();
+        fs::write(&path, "prompts: ['{{q}}']\nproviders: [echo]\ntests: [file://t.csv, file://t.jsonl, 'file://*.yml']\n").unwrap();
+        let suite = Suite::load(&path).unwrap();
+        assert_eq!(suite.tests.len(), 4);
+        assert_eq!(suite.tests[0].description, "first");
+        assert_eq!(suite.tests[1].vars["q"], "a, b");
+    }
+
+    #[test]
+    fn bad_csv_rows_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "t.csv", "q,a\n1,2\n3\n");
+        let path = write(
+            dir.path(),
+            "suite.yaml",
+            "prompts: ['{{q}}']\nproviders: [echo]\ntests: file://t.csv\n",
+        );
+        let error = Suite::load(&path).unwrap_err();
+        assert_eq!(error.line, Some(3), "{error}");
+    }
+
+    #[test]
+    fn missing_prompt_file_is_an_error() {
+        let error = load("prompts: [file://nope.yaml]\nproviders: [echo]\n").unwrap_err();
+        assert!(error.message.contains("does not exist"), "{error}");
+    }
+
+    #[test]
+    fn chat_json_prompts_become_messages() {
+        let suite = load("prompts: ['[{\"role\": \"system\", \"content\": \"s\"}, {\"role\": \"user\", \"content\": \"{{q}}\"}]']\nproviders: [echo]\ntests: [{vars: {q: hi}}]\n").unwrap();
+        let messages = render_messages(&suite.prompts[0], &suite.tests[0].vars).unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[1].content, "hi");
+    }
+}

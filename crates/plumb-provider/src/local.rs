@@ -1,0 +1,447 @@
+//! `local:` models: GGUF files run in-process through llama.cpp.
+//!
+//! One model load per file per process, shared by every provider that names it; one generation
+//! at a time per model (llama.cpp contexts must not be created concurrently, and two
+//! generations would only split the same two cores).
+//!
+//! Sampling is done here, in Rust, over the logits llama.cpp returns, and a JSON-Schema
+//! `response_format` becomes a llama.cpp grammar. The grammar is consulted the cheap way: the
+//! chosen token is checked alone, and the full vocabulary is masked only when it is rejected
+//! (checking 262k tokens every step costs two thirds of the speed). A token is only ever
+//! accepted by the grammar after the grammar said it is legal, and "no legal token" is an
+//! error, not a C++ exception that would abort the process.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use plumb_core::{
+    BoxFuture, ChatModel, ChatRequest, ChatResponse, FinishReason, Message, ModelError,
+    ModelErrorKind, ModelParams, Pricing, ResponseFormat, Role, Usage,
+};
+
+use crate::ProviderOptions;
+
+/// Generation stops here when neither the prompt nor the suite sets `max_tokens`.
+const DEFAULT_MAX_TOKENS: u32 = 256;
+/// When sampling (temperature > 0) without `top_k`, only this many best tokens are considered,
+/// as llama.cpp's own default does; sorting 262k logits every step would dominate the time.
+const DEFAULT_TOP_K: usize = 40;
+
+struct Loaded {
+    model: LlamaModel,
+    template: Option<LlamaChatTemplate>,
+    /// Serializes context creation and generation on this model.
+    lock: Mutex<()>,
+}
+
+fn backend() -> Result<&'static LlamaBackend, ModelError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            let mut backend = LlamaBackend::init().map_err(|error| error.to_string())?;
+            backend.void_logs();
+            Ok(backend)
+        })
+        .as_ref()
+        .map_err(|message| local_error(format!("cannot start llama.cpp: {message}")))
+}
+
+fn load(path: &Path) -> Result<Arc<Loaded>, ModelError> {
+    static LOADED: OnceLock<Mutex<HashMap<PathBuf, Arc<Loaded>>>> = OnceLock::new();
+    let cache = LOADED.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut cache = cache
+        .lock()
+        .map_err(|_| local_error("model cache lock poisoned".to_owned()))?;
+    if let Some(loaded) = cache.get(path) {
+        return Ok(loaded.clone());
+    }
+    let backend = backend()?;
+    let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(
+        |error| {
+            ModelError::config(format!("cannot load model `{}`: {error}", path.display()))
+                .with_hint("is it a GGUF file of an architecture llama.cpp supports?")
+        },
+    )?;
+    let template = model.chat_template(None).ok();
+    let loaded = Arc::new(Loaded {
+        model,
+        template,
+        lock: Mutex::new(()),
+    });
+    cache.insert(path.to_owned(), loaded.clone());
+    Ok(loaded)
+}
+
+pub(crate) struct LocalModel {
+    id: String,
+    path: PathBuf,
+    identity: String,
+    threads: i32,
+    n_ctx: Option<u32>,
+}
+
+impl LocalModel {
+    pub(crate) fn new(
+        id: &str,
+        path: &Path,
+        options: &ProviderOptions,
+    ) -> Result<LocalModel, ModelError> {
+        let size = std::fs::metadata(path)
+            .map_err(|error| {
+                ModelError::config(format!("cannot read `{}`: {error}", path.display()))
+            })?
+            .len();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let threads = options.threads.map(|t| t as i32).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as i32)
+                .unwrap_or(2)
+        });
+        Ok(LocalModel {
+            id: id.to_owned(),
+            path: path.to_owned(),
+            identity: format!("local|{file_name}|{size}"),
+            threads: threads.max(1),
+            n_ctx: options.n_ctx,
+        })
+    }
+}
+
+impl ChatModel for LocalModel {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
+        let path = self.path.clone();
+        let request = request.clone();
+        let threads = self.threads;
+        let n_ctx = self.n_ctx;
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let loaded = load(&path)?;
+                generate(&loaded, &request, threads, n_ctx)
+            })
+            .await
+            .map_err(|error| local_error(format!("generation task failed: {error}")))?
+        })
+    }
+
+    fn preflight(&self) -> Result<(), ModelError> {
+        load(&self.path).map(|_| ())
+    }
+
+    fn pricing(&self) -> Option<Pricing> {
+        Some(Pricing::default())
+    }
+
+    fn max_concurrency(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    fn cache_identity(&self) -> String {
+        self.identity.clone()
+    }
+}
+
+fn local_error(message: String) -> ModelError {
+    ModelError::new(ModelErrorKind::Local, message)
+}
+
+/// The text the model continues: the model's own chat template when it ships one, otherwise
+/// plain completion text (contents joined by blank lines), which is what base models without a
+/// template do best with.
+fn format_prompt(loaded: &Loaded, messages: &[Message]) -> Result<String, ModelError> {
+    let Some(template) = &loaded.template else {
+        return Ok(messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n\n"));
+    };
+    let chat = messages
+        .iter()
+        .map(|m| {
+            let role = match m.role {
+                Role::Developer => "system",
+                other => other.as_str(),
+            };
+            LlamaChatMessage::new(role.to_owned(), m.content.clone())
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| {
+            ModelError::new(
+                ModelErrorKind::BadRequest,
+                format!("invalid message: {error}"),
+            )
+        })?;
+    loaded
+        .model
+        .apply_chat_template(template, &chat, true)
+        .map_err(|error| local_error(format!("cannot apply the model's chat template: {error}")))
+}
+
+fn grammar_for(
+    loaded: &Loaded,
+    format: Option<&ResponseFormat>,
+) -> Result<Option<LlamaSampler>, ModelError> {
+    let schema = match format {
+        None | Some(ResponseFormat::Text) => return Ok(None),
+        Some(ResponseFormat::JsonObject) => serde_json::json!({"type": "object"}),
+        Some(ResponseFormat::JsonSchema { json_schema }) => json_schema.schema.clone(),
+    };
+    let gbnf = llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|error| {
+        ModelError::new(
+            ModelErrorKind::BadRequest,
+            format!("cannot turn the response schema into a grammar: {error}"),
+        )
+        .with_hint("local models support the JSON Schema subset of llama.cpp (no external $ref)")
+    })?;
+    LlamaSampler::grammar(&loaded.model, &gbnf, "root")
+        .map(Some)
+        .map_err(|error| {
+            ModelError::new(
+                ModelErrorKind::BadRequest,
+                format!("invalid grammar: {error}"),
+            )
+        })
+}
+
+fn generate(
+    loaded: &Loaded,
+    request: &ChatRequest,
+    threads: i32,
+    n_ctx: Option<u32>,
+) -> Result<ChatResponse, ModelError> {
+    let params = &request.params;
+    let prompt = format_prompt(loaded, &request.messages)?;
+    let vocab = loaded.model.vocab();
+    let prompt_tokens = vocab.tokenize(prompt.as_bytes(), true, true);
+    if prompt_tokens.is_empty() {
+        return Err(ModelError::new(
+            ModelErrorKind::BadRequest,
+            "the prompt is empty",
+        ));
+    }
+    let max_new = params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) as usize;
+    let train = loaded.model.n_ctx_train() as usize;
+    let needed = prompt_tokens.len() + max_new;
+    let window = match n_ctx {
+        Some(n) => n as usize,
+        None => needed.div_ceil(256) * 256,
+    }
+    .min(train.max(1));
+    if prompt_tokens.len() >= window {
+        return Err(ModelError::new(
+            ModelErrorKind::BadRequest,
+            format!(
+                "the prompt has {} tokens; the context window is {window}",
+                prompt_tokens.len()
+            ),
+        )
+        .with_hint("shorten the prompt or raise `n_ctx` in the provider config"));
+    }
+    let max_new = max_new.min(window - prompt_tokens.len());
+
+    let _guard = loaded
+        .lock
+        .lock()
+        .map_err(|_| local_error("model lock poisoned".to_owned()))?;
+    let context_params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(window as u32))
+        .with_n_batch(window as u32)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    let mut ctx = loaded
+        .model
+        .new_context(backend()?, context_params)
+        .map_err(|error| local_error(format!("cannot create a context: {error}")))?;
+    let mut grammar = grammar_for(loaded, params.response_format.as_ref())?;
+
+    let mut batch = LlamaBatch::new(prompt_tokens.len().max(1), 1);
+    let last = prompt_tokens.len() - 1;
+    for (index, token) in prompt_tokens.iter().enumerate() {
+        batch
+            .add(*token, index as i32, &[0], index == last)
+            .map_err(|error| local_error(format!("batch: {error}")))?;
+    }
+    ctx.decode(&mut batch)
+        .map_err(|error| local_error(format!("decode failed: {error}")))?;
+
+    let seed = params.seed.unwrap_or_else(|| fastrand::u64(..));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut output: Vec<u8> = Vec::new();
+    let mut generated = 0u64;
+    let mut finish = FinishReason::Length;
+    let mut stop_at: Option<usize> = None;
+    for position in (prompt_tokens.len() as i32..).take(max_new) {
+        let mut candidates = ctx.token_data_array_ith(batch.n_tokens() - 1);
+        let token = choose(&mut candidates, grammar.as_mut(), params, &mut rng)?;
+        if let Some(grammar) = grammar.as_mut() {
+            grammar.try_accept(token).map_err(|error| {
+                local_error(format!("the grammar rejected a token it allowed: {error}"))
+            })?;
+        }
+        if vocab.is_eog(token) {
+            finish = FinishReason::Stop;
+            break;
+        }
+        generated += 1;
+        output.extend(vocab.token_to_piece(token, false, None));
+        if !params.stop.is_empty() {
+            let text = String::from_utf8_lossy(&output);
+            if let Some(index) = params
+                .stop
+                .iter()
+                .filter_map(|stop| text.find(stop.as_str()))
+                .min()
+            {
+                stop_at = Some(index);
+                finish = FinishReason::Stop;
+                break;
+            }
+        }
+        batch.clear();
+        batch
+            .add(token, position, &[0], true)
+            .map_err(|error| local_error(format!("batch: {error}")))?;
+        ctx.decode(&mut batch)
+            .map_err(|error| local_error(format!("decode failed: {error}")))?;
+    }
+    let mut content = String::from_utf8_lossy(&output).into_owned();
+    if let Some(index) = stop_at {
+        content.truncate(index);
+    }
+    Ok(ChatResponse {
+        content,
+        finish_reason: Some(finish),
+        usage: Usage {
+            prompt_tokens: prompt_tokens.len() as u64,
+            completion_tokens: generated,
+        },
+        model: Some(loaded_name(loaded)),
+        ..ChatResponse::default()
+    })
+}
+
+fn loaded_name(loaded: &Loaded) -> String {
+    loaded
+        .model
+        .meta_val_str("general.name")
+        .unwrap_or_else(|_| "local".to_owned())
+}
+
+/// Picks the next token: greedy at temperature 0 (or unset), else top-k / top-p / temperature
+/// sampling with the request's seed. With a grammar, the pick is checked alone first and the
+/// full vocabulary is masked only if the grammar rejects it.
+fn choose(
+    candidates: &mut LlamaTokenDataArray,
+    grammar: Option<&mut LlamaSampler>,
+    params: &ModelParams,
+    rng: &mut fastrand::Rng,
+) -> Result<LlamaToken, ModelError> {
+    let first = pick(&candidates.data, params, rng)
+        .ok_or_else(|| local_error("the model produced no finite logits".to_owned()))?;
+    let Some(grammar) = grammar else {
+        return Ok(first);
+    };
+    let mut alone = LlamaTokenDataArray::new(vec![LlamaTokenData::new(first, 1.0, 0.0)], false);
+    alone.apply_sampler(grammar);
+    if alone
+        .data
+        .first()
+        .is_some_and(|data| data.logit().is_finite())
+    {
+        return Ok(first);
+    }
+    candidates.apply_sampler(grammar);
+    pick(&candidates.data, params, rng).ok_or_else(|| {
+        ModelError::new(
+            ModelErrorKind::BadRequest,
+            "the response schema allows no further token",
+        )
+        .with_hint(
+            "check that the schema can be satisfied, and that max_tokens leaves room to finish it",
+        )
+    })
+}
+
+fn pick(
+    data: &[LlamaTokenData],
+    params: &ModelParams,
+    rng: &mut fastrand::Rng,
+) -> Option<LlamaToken> {
+    let temperature = params.temperature.unwrap_or(0.0);
+    if temperature <= 0.0 {
+        return data
+            .iter()
+            .filter(|d| d.logit().is_finite())
+            .max_by(|a, b| a.logit().total_cmp(&b.logit()))
+            .map(LlamaTokenData::id);
+    }
+    let mut finite: Vec<(LlamaToken, f32)> = data
+        .iter()
+        .filter(|d| d.logit().is_finite())
+        .map(|d| (d.id(), d.logit()))
+        .collect();
+    if finite.is_empty() {
+        return None;
+    }
+    let k = params
+        .top_k
+        .map(|k| k as usize)
+        .filter(|&k| k > 0)
+        .unwrap_or(DEFAULT_TOP_K)
+        .min(finite.len());
+    if k < finite.len() {
+        finite.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+        finite.truncate(k);
+    }
+    finite.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let max = finite[0].1 as f64;
+    let mut weights: Vec<f64> = finite
+        .iter()
+        .map(|(_, logit)| ((*logit as f64 - max) / temperature).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    if let Some(top_p) = params.top_p.filter(|&p| p < 1.0) {
+        let mut cumulative = 0.0;
+        let mut keep = weights.len();
+        for (index, weight) in weights.iter().enumerate() {
+            cumulative += weight / total;
+            if cumulative >= top_p {
+                keep = index + 1;
+                break;
+            }
+        }
+        weights.truncate(keep);
+    }
+    let total: f64 = weights.iter().sum();
+    let mut roll = rng.f64() * total;
+    for (index, weight) in weights.iter().enumerate() {
+        roll -= weight;
+        if roll <= 0.0 {
+            return Some(finite[index].0);
+        }
+    }
+    finite
+        .get(weights.len().saturating_sub(1))
+        .map(|(token, _)| *token)
+}

@@ -1,0 +1,365 @@
+//! OpenAI Chat Completions, and any server that speaks it (`openai-compatible:`).
+
+use plumb_core::{
+    BoxFuture, ChatModel, ChatRequest, ChatResponse, FinishReason, Message, ModelError,
+    ModelErrorKind, Pricing, Role, TokenLogprob, ToolCall, ToolCallFunction, Usage,
+};
+use serde_json::{Map, Value, json};
+
+use crate::http::{self, JsonRequest};
+use crate::{ProviderOptions, pricing, tokens};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    /// api.openai.com: a key is required and `top_k` is not accepted.
+    OpenAi,
+    /// vLLM, Ollama, llama-server...: the key is optional and `top_k` is passed through.
+    Compatible,
+}
+
+pub(crate) struct OpenAiModel {
+    id: String,
+    model: String,
+    flavor: Flavor,
+    url: String,
+    api_key_env: String,
+    api_key: Option<String>,
+    headers: Vec<(String, String)>,
+    timeout: std::time::Duration,
+    max_retries: u32,
+    pricing: Option<Pricing>,
+}
+
+impl OpenAiModel {
+    pub(crate) fn new(
+        id: &str,
+        model: &str,
+        flavor: Flavor,
+        options: &ProviderOptions,
+    ) -> Result<OpenAiModel, ModelError> {
+        let base = match (&options.api_base_url, flavor) {
+            (Some(url), _) => url.clone(),
+            (None, Flavor::OpenAi) => std::env::var("OPENAI_BASE_URL")
+                .or_else(|_| std::env::var("OPENAI_API_BASE_URL"))
+                .unwrap_or_else(|_| "https://api.openai.com/v1".to_owned()),
+            (None, Flavor::Compatible) => unreachable_base(id)?,
+        };
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ModelError::config(format!(
+                "provider `{id}`: base URL `{base}` is not an http(s) URL"
+            ))
+            .with_hint("for example `http://127.0.0.1:8080/v1`"));
+        }
+        let api_key_env = options
+            .api_key_env
+            .clone()
+            .unwrap_or_else(|| "OPENAI_API_KEY".to_owned());
+        let url = format!("{}/chat/completions", base.trim_end_matches('/'));
+        Ok(OpenAiModel {
+            id: id.to_owned(),
+            model: model.to_owned(),
+            flavor,
+            url,
+            api_key: options
+                .api_key
+                .clone()
+                .or_else(|| http::api_key(&api_key_env)),
+            api_key_env,
+            headers: options
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            timeout: crate::timeout(options),
+            max_retries: options.max_retries.unwrap_or(http::DEFAULT_MAX_RETRIES),
+            pricing: pricing::resolve(model, options),
+        })
+    }
+
+    fn headers(&self) -> Result<Vec<(String, String)>, ModelError> {
+        let mut headers = self.headers.clone();
+        match (&self.api_key, self.flavor) {
+            (Some(key), _) => headers.push(("authorization".to_owned(), format!("Bearer {key}"))),
+            (None, Flavor::OpenAi) => return Err(self.missing_key()),
+            (None, Flavor::Compatible) => {}
+        }
+        Ok(headers)
+    }
+
+    fn missing_key(&self) -> ModelError {
+        ModelError::config(format!(
+            "provider `{}` needs an API key in `{}`",
+            self.id, self.api_key_env
+        ))
+        .with_hint(format!(
+            "export {}=... or replay recorded answers with `--cache read-only`",
+            self.api_key_env
+        ))
+    }
+
+    async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
+        let body = request_body(&self.model, request, self.flavor);
+        let headers = self.headers()?;
+        let value = http::post_json(JsonRequest {
+            url: &self.url,
+            headers: &headers,
+            body: &body,
+            timeout: self.timeout,
+            max_retries: self.max_retries,
+            error_message,
+        })
+        .await?;
+        let mut response = parse_response(&value).map_err(|message| {
+            ModelError::new(ModelErrorKind::Protocol, format!("{}: {message}", self.url))
+        })?;
+        if response.usage == Usage::default() {
+            response.usage =
+                tokens::estimate_usage(&self.model, &request.messages, &response.content);
+        }
+        Ok(response)
+    }
+}
+
+fn unreachable_base(id: &str) -> Result<String, ModelError> {
+    Err(ModelError::config(format!(
+        "provider `{id}` has no base URL"
+    )))
+}
+
+impl ChatModel for OpenAiModel {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
+        Box::pin(self.call(request))
+    }
+
+    fn pricing(&self) -> Option<Pricing> {
+        self.pricing
+    }
+
+    fn cache_identity(&self) -> String {
+        format!("{}|{}", self.id, self.url)
+    }
+
+    fn preflight(&self) -> Result<(), ModelError> {
+        if self.flavor == Flavor::OpenAi && self.api_key.is_none() {
+            return Err(self.missing_key());
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn error_message(body: &Value) -> Option<String> {
+    body.pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+pub(crate) fn message_json(message: &Message) -> Value {
+    let mut out = Map::new();
+    out.insert("role".into(), json!(message.role.as_str()));
+    if message.role == Role::Assistant
+        && !message.tool_calls.is_empty()
+        && message.content.is_empty()
+    {
+        out.insert("content".into(), Value::Null);
+    } else {
+        out.insert("content".into(), json!(message.content));
+    }
+    if let Some(name) = &message.name {
+        out.insert("name".into(), json!(name));
+    }
+    if !message.tool_calls.is_empty() {
+        out.insert("tool_calls".into(), json!(message.tool_calls));
+    }
+    if let Some(id) = &message.tool_call_id {
+        out.insert("tool_call_id".into(), json!(id));
+    }
+    Value::Object(out)
+}
+
+pub(crate) fn request_body(model: &str, request: &ChatRequest, flavor: Flavor) -> Value {
+    let params = &request.params;
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert(
+        "messages".into(),
+        Value::Array(request.messages.iter().map(message_json).collect()),
+    );
+    let mut set = |key: &str, value: Option<Value>| {
+        if let Some(value) = value {
+            body.insert(key.to_owned(), value);
+        }
+    };
+    set("temperature", params.temperature.map(|v| json!(v)));
+    set("top_p", params.top_p.map(|v| json!(v)));
+    if flavor == Flavor::Compatible {
+        set("top_k", params.top_k.map(|v| json!(v)));
+    }
+    set("max_tokens", params.max_tokens.map(|v| json!(v)));
+    set("seed", params.seed.map(|v| json!(v)));
+    set(
+        "stop",
+        (!params.stop.is_empty()).then(|| json!(params.stop)),
+    );
+    set(
+        "response_format",
+        params.response_format.as_ref().map(|f| json!(f)),
+    );
+    set(
+        "tools",
+        (!params.tools.is_empty()).then(|| json!(params.tools)),
+    );
+    set("tool_choice", params.tool_choice.clone());
+    set("logprobs", params.logprobs.map(|v| json!(v)));
+    set("top_logprobs", params.top_logprobs.map(|v| json!(v)));
+    Value::Object(body)
+}
+
+pub(crate) fn parse_response(value: &Value) -> Result<ChatResponse, String> {
+    let choice = value
+        .pointer("/choices/0")
+        .ok_or("answer has no `choices[0]`")?;
+    let message = choice
+        .get("message")
+        .ok_or("answer has no `choices[0].message`")?;
+    let content = message
+        .get("content")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let mut tool_calls = Vec::new();
+    if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+        for call in calls {
+            let function = call.get("function").ok_or("tool call without `function`")?;
+            tool_calls.push(ToolCall {
+                id: call
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                kind: "function".to_owned(),
+                function: ToolCallFunction {
+                    name: function
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    arguments: match function.get("arguments") {
+                        Some(Value::String(text)) => text.clone(),
+                        Some(other) => other.to_string(),
+                        None => String::new(),
+                    },
+                },
+            });
+        }
+    }
+    let usage = value
+        .get("usage")
+        .map(|usage| Usage {
+            prompt_tokens: usage
+                .get("prompt_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            completion_tokens: usage
+                .get("completion_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        })
+        .unwrap_or_default();
+    let logprobs = choice
+        .pointer("/logprobs/content")
+        .and_then(Value::as_array)
+        .map(|items| items.iter().filter_map(parse_logprob).collect())
+        .unwrap_or_default();
+    Ok(ChatResponse {
+        content,
+        tool_calls,
+        finish_reason: choice
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .map(FinishReason::from_openai),
+        usage,
+        model: value
+            .get("model")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        logprobs,
+    })
+}
+
+fn parse_logprob(item: &Value) -> Option<TokenLogprob> {
+    let top = item
+        .get("top_logprobs")
+        .and_then(Value::as_array)
+        .map(|alternatives| {
+            alternatives
+                .iter()
+                .filter_map(|alt| {
+                    Some((
+                        alt.get("token")?.as_str()?.to_owned(),
+                        alt.get("logprob")?.as_f64()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(TokenLogprob {
+        token: item.get("token")?.as_str()?.to_owned(),
+        logprob: item.get("logprob")?.as_f64()?,
+        top,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plumb_core::ModelParams;
+
+    #[test]
+    fn body_carries_params_and_omits_unset_ones() {
+        let request = ChatRequest {
+            messages: vec![Message::new(Role::User, "hi")],
+            params: ModelParams {
+                temperature: Some(0.0),
+                top_k: Some(5),
+                stop: vec!["\n".into()],
+                ..Default::default()
+            },
+        };
+        let body = request_body("gpt-4o-mini", &request, Flavor::OpenAi);
+        assert_eq!(
+            body,
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.0, "stop": ["\n"]})
+        );
+        let body = request_body("m", &request, Flavor::Compatible);
+        assert_eq!(body["top_k"], json!(5));
+    }
+
+    #[test]
+    fn parses_tool_calls_usage_and_logprobs() {
+        let answer = json!({
+            "model": "gpt-4o-mini-2024",
+            "choices": [{"finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+                "logprobs": {"content": [{"token": "x", "logprob": -0.1, "top_logprobs": [{"token": "x", "logprob": -0.1}]}]}}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3}
+        });
+        let response = parse_response(&answer).unwrap();
+        assert_eq!(response.tool_calls[0].function.arguments, "{\"a\":1}");
+        assert_eq!(
+            response.usage,
+            Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3
+            }
+        );
+        assert_eq!(response.finish_reason, Some(FinishReason::ToolCalls));
+        assert_eq!(response.logprobs[0].top, vec![("x".to_owned(), -0.1)]);
+    }
+}

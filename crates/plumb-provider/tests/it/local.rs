@@ -1,0 +1,117 @@
+//! The embedded model, for real: a tiny few-shot prompt, schema-constrained JSON, and user
+//! schemas that llama.cpp cannot use, which must be errors rather than aborts. Needs
+//! `plumb models pull gemma3-270m` (scripts/test.sh does it).
+
+use std::path::Path;
+
+use plumb_core::{
+    ChatModel, ChatRequest, FinishReason, Message, ModelParams, ResponseFormat, Role,
+};
+use plumb_provider::{ProviderContext, ProviderOptions, build};
+use serde_json::json;
+
+fn gemma() -> std::sync::Arc<dyn ChatModel> {
+    let ctx = ProviderContext::new(Path::new("."));
+    match build("local:gemma3-270m", &ProviderOptions::default(), &ctx) {
+        Ok(model) => model,
+        Err(error) => {
+            panic!("{error} — run `scripts/test.sh` or `plumb models pull gemma3-270m` first")
+        }
+    }
+}
+
+fn ask(text: &str, params: ModelParams) -> ChatRequest {
+    ChatRequest {
+        messages: vec![Message::new(Role::User, text)],
+        params,
+    }
+}
+
+#[tokio::test]
+async fn few_shot_sentiment_on_the_real_model() {
+    let model = gemma();
+    let prompt = "Review: I love it, works perfectly.\nSentiment: positive\n\n\
+                  Review: Broke after two days, waste of money.\nSentiment: negative\n\n\
+                  Review: Absolutely wonderful, best purchase this year!\nSentiment:";
+    let params = ModelParams {
+        temperature: Some(0.0),
+        max_tokens: Some(3),
+        stop: vec!["\n".into()],
+        ..Default::default()
+    };
+    let response = model.chat(&ask(prompt, params)).await.unwrap();
+    assert_eq!(response.content.trim(), "positive", "{response:?}");
+    assert!(response.usage.prompt_tokens > 20);
+    assert_eq!(response.finish_reason, Some(FinishReason::Stop));
+}
+
+#[tokio::test]
+async fn json_schema_output_is_always_valid() {
+    let model = gemma();
+    let schema = json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"], "additionalProperties": false});
+    let params = ModelParams {
+        temperature: Some(0.0),
+        max_tokens: Some(40),
+        response_format: Some(ResponseFormat::json_schema(schema)),
+        ..Default::default()
+    };
+    let response = model
+        .chat(&ask(
+            "Maria Lopez is 34 years old. Extract her name and age as JSON.",
+            params,
+        ))
+        .await
+        .unwrap();
+    let value: serde_json::Value =
+        serde_json::from_str(&response.content).unwrap_or_else(|e| panic!("{e}: {response:?}"));
+    assert!(
+        value["name"].is_string() && value["age"].is_i64(),
+        "{value}"
+    );
+}
+
+#[tokio::test]
+async fn sampling_with_a_seed_is_reproducible() {
+    let model = gemma();
+    let params = ModelParams {
+        temperature: Some(0.9),
+        top_p: Some(0.9),
+        seed: Some(42),
+        max_tokens: Some(12),
+        ..Default::default()
+    };
+    let first = model
+        .chat(&ask("Once upon a time", params.clone()))
+        .await
+        .unwrap();
+    let second = model.chat(&ask("Once upon a time", params)).await.unwrap();
+    assert_eq!(first.content, second.content);
+}
+
+#[tokio::test]
+async fn unusable_schemas_are_errors_not_aborts() {
+    let model = gemma();
+    for schema in [
+        json!({"$ref": "https://example.com/schema.json"}),
+        json!({"type": "string", "pattern": "(("}),
+    ] {
+        let params = ModelParams {
+            max_tokens: Some(8),
+            response_format: Some(ResponseFormat::json_schema(schema.clone())),
+            ..Default::default()
+        };
+        // Whatever llama.cpp makes of the schema, the process must survive and answer.
+        let _ = model.chat(&ask("hi", params)).await;
+    }
+    // A schema cut short by max_tokens ends with finish reason `length`, not a crash.
+    let params = ModelParams {
+        max_tokens: Some(2),
+        response_format: Some(ResponseFormat::json_schema(
+            json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}),
+        )),
+        ..Default::default()
+    };
+    let response = model.chat(&ask("give me json", params)).await.unwrap();
+    assert_eq!(response.finish_reason, Some(FinishReason::Length));
+}

@@ -1,0 +1,249 @@
+//! Test helpers: a mock model API on `127.0.0.1:0` that speaks OpenAI Chat Completions
+//! (`POST /v1/chat/completions`) and Anthropic Messages (`POST /v1/messages`).
+//!
+//! By default it answers every request by echoing the last user message in the right wire
+//! format, with usage figures. Tests can queue scripted replies (status, body, headers,
+//! delay), which are served first, in order, and can read every request that arrived.
+
+#![allow(
+    clippy::expect_used,
+    reason = "a test helper: failing setup should fail the test at once"
+)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+/// One scripted answer.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: Vec<(String, String)>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Value) -> Reply {
+        Reply {
+            status,
+            body,
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn delayed(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+
+    /// An OpenAI chat completion with `content`.
+    pub fn openai_text(content: &str) -> Reply {
+        Reply::json(200, openai_completion(content, "stop"))
+    }
+
+    /// OpenAI's error shape.
+    pub fn openai_error(status: u16, message: &str) -> Reply {
+        Reply::json(
+            status,
+            json!({"error": {"message": message, "type": "error", "code": null}}),
+        )
+    }
+}
+
+/// A request the mock received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Shared {
+    script: VecDeque<Reply>,
+    received: Vec<Received>,
+}
+
+#[derive(Clone)]
+struct AppState(Arc<Mutex<Shared>>);
+
+pub struct MockServer {
+    pub addr: SocketAddr,
+    state: AppState,
+}
+
+impl MockServer {
+    /// Starts the server on the current tokio runtime.
+    pub async fn start() -> MockServer {
+        let state = AppState(Arc::new(Mutex::new(Shared::default())));
+        let app = Router::new()
+            .route("/v1/chat/completions", post(openai))
+            .route("/v1/messages", post(anthropic))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        MockServer { addr, state }
+    }
+
+    /// Starts the server on a runtime of its own, for tests that are not async (e.g. ones that
+    /// run the `plumb` binary). The server lives until the process ends.
+    pub fn start_in_background() -> MockServer {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let server = MockServer::start().await;
+                sender
+                    .send(MockServer {
+                        addr: server.addr,
+                        state: server.state.clone(),
+                    })
+                    .expect("send");
+                std::future::pending::<()>().await;
+            });
+        });
+        receiver.recv().expect("mock server started")
+    }
+
+    /// `http://127.0.0.1:PORT/v1`: the base URL an OpenAI client wants.
+    pub fn openai_base(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT`: the base URL an Anthropic client wants.
+    pub fn anthropic_base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn push(&self, reply: Reply) {
+        self.state.0.lock().expect("lock").script.push_back(reply);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.0.lock().expect("lock").received.clone()
+    }
+}
+
+fn openai_completion(content: &str, finish_reason: &str) -> Value {
+    json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "mock-model-2024",
+        "choices": [{"index": 0, "finish_reason": finish_reason,
+            "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    })
+}
+
+fn last_user(messages: Option<&Value>) -> String {
+    let Some(Value::Array(messages)) = messages else {
+        return String::new();
+    };
+    messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .and_then(|m| match m.get("content") {
+            Some(Value::String(text)) => Some(text.clone()),
+            Some(other) => Some(other.to_string()),
+            None => None,
+        })
+        .unwrap_or_default()
+}
+
+async fn scripted(
+    state: &AppState,
+    path: &str,
+    headers: HeaderMap,
+    body: &Value,
+) -> Option<Response> {
+    let reply = {
+        let mut shared = state.0.lock().ok()?;
+        shared.received.push(Received {
+            path: path.to_owned(),
+            headers,
+            body: body.clone(),
+        });
+        shared.script.pop_front()
+    }?;
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, axum::Json(reply.body)).into_response();
+    for (name, value) in reply.headers {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name.as_bytes()),
+            axum::http::HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    Some(response)
+}
+
+async fn openai(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    if let Some(response) = scripted(&state, "/v1/chat/completions", headers, &body).await {
+        return response;
+    }
+    let content = format!("echo: {}", last_user(body.get("messages")));
+    axum::Json(openai_completion(&content, "stop")).into_response()
+}
+
+async fn anthropic(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let authorized =
+        headers.get("x-api-key").is_some() && headers.get("anthropic-version").is_some();
+    if let Some(response) = scripted(&state, "/v1/messages", headers, &body).await {
+        return response;
+    }
+    if !authorized {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"type": "error", "error": {"type": "authentication_error", "message": "missing key"}})),
+        )
+            .into_response();
+    }
+    let content = format!("echo: {}", last_user(body.get("messages")));
+    axum::Json(json!({
+        "id": "msg_mock",
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model").cloned().unwrap_or(Value::Null),
+        "content": [{"type": "text", "text": content}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 13, "output_tokens": 5}
+    }))
+    .into_response()
+}

@@ -1,0 +1,393 @@
+//! `plumb eval`: load a suite, build its providers, run it, report, and decide the gate.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Args, ValueEnum};
+use plumb_core::{ChatModel, ModelError, SourceError};
+use plumb_eval::report::{self, Style};
+use plumb_eval::summary::{self, Comparison, compare_runs, is_regression};
+use plumb_eval::{CacheMode, RunOptions, Suite};
+use plumb_provider::{ProviderContext, ProviderOptions, models};
+use plumb_store::{RunStatus, Store};
+
+use crate::progress::ProgressObserver;
+use crate::{Outcome, StoreArgs, project, user_error};
+
+#[derive(Args, Clone, Debug)]
+pub struct EvalArgs {
+    /// The suite file [default: evals/suite.yaml, then promptfooconfig.yaml]
+    pub suite: Option<PathBuf>,
+    /// Cases in flight at once (each provider also has its own limit; local models run one at a time)
+    #[arg(short = 'j', long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Run every case N times and report the flake rate per test
+    #[arg(long, value_name = "N")]
+    pub repeat: Option<u32>,
+    /// Response cache: read-write records and replays; read-only replays and fails on a miss (CI
+    /// without API keys); off calls the model every time
+    #[arg(long, value_enum, default_value_t = CacheArg::ReadWrite)]
+    pub cache: CacheArg,
+    /// Same as `--cache off`
+    #[arg(long, conflicts_with = "cache")]
+    pub no_cache: bool,
+    /// Write a report; the extension picks the format: .json, .jsonl, .csv, .junit.xml, .html (repeatable)
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub outputs: Vec<PathBuf>,
+    /// Compare with an earlier run (id, unique prefix or suffix, or `latest`), case by case
+    #[arg(long, value_name = "RUN")]
+    pub compare: Option<String>,
+    /// Exit 1 only when this run is significantly worse than RUN (exact McNemar, p < 0.05)
+    #[arg(long, value_name = "RUN")]
+    pub fail_on_regression: Option<String>,
+    /// Finish an interrupted run: cases it already has are kept, the rest run now
+    #[arg(long, value_name = "RUN")]
+    pub resume: Option<String>,
+    /// Do not draw the progress bar
+    #[arg(long)]
+    pub no_progress: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CacheArg {
+    ReadWrite,
+    ReadOnly,
+    Off,
+}
+
+impl From<CacheArg> for CacheMode {
+    fn from(value: CacheArg) -> CacheMode {
+        match value {
+            CacheArg::ReadWrite => CacheMode::ReadWrite,
+            CacheArg::ReadOnly => CacheMode::ReadOnly,
+            CacheArg::Off => CacheMode::Off,
+        }
+    }
+}
+
+fn default_suite(cwd: &Path) -> anyhow::Result<PathBuf> {
+    for candidate in [
+        "evals/suite.yaml",
+        "promptfooconfig.yaml",
+        "promptfooconfig.yml",
+    ] {
+        let path = cwd.join(candidate);
+        if path.is_file() {
+            return Ok(PathBuf::from(candidate));
+        }
+    }
+    Err(user_error(
+        "no suite given, and neither evals/suite.yaml nor promptfooconfig.yaml exists here",
+        Some("pass a suite file (`plumb eval path/to/suite.yaml`) or run `plumb init`".to_owned()),
+    ))
+}
+
+pub async fn run(args: EvalArgs) -> anyhow::Result<Outcome> {
+    let cwd = project::current_dir()?;
+    let db_path = project::database_path(args.store.db.as_deref(), &cwd);
+    let store = project::open_store(Some(&db_path), &cwd)?;
+    let suite_path = match (&args.suite, &args.resume) {
+        (Some(path), _) => path.clone(),
+        (None, Some(run_id)) => {
+            let run = store
+                .find_run(run_id)
+                .map_err(|e| user_error(e.to_string(), None))?;
+            PathBuf::from(run.suite_path)
+        }
+        (None, None) => default_suite(&cwd)?,
+    };
+    let request = EvalRequest {
+        suite_path,
+        concurrency: args.concurrency,
+        repeat: args.repeat,
+        cache: if args.no_cache {
+            CacheMode::Off
+        } else {
+            args.cache.into()
+        },
+        outputs: args.outputs,
+        compare: args.compare,
+        fail_on_regression: args.fail_on_regression,
+        resume: args.resume,
+        progress: !args.no_progress,
+        gate: true,
+        db_path,
+    };
+    execute(request, store)
+        .await
+        .map(|finished| finished.outcome)
+}
+
+pub struct EvalRequest {
+    pub suite_path: PathBuf,
+    pub concurrency: Option<usize>,
+    pub repeat: Option<u32>,
+    pub cache: CacheMode,
+    pub outputs: Vec<PathBuf>,
+    pub compare: Option<String>,
+    pub fail_on_regression: Option<String>,
+    pub resume: Option<String>,
+    pub progress: bool,
+    /// Whether a failing gate exits 1 (the quickstart only reports it).
+    pub gate: bool,
+    /// Where the store lives, for messages.
+    pub db_path: PathBuf,
+}
+
+pub struct Finished {
+    pub outcome: Outcome,
+}
+
+/// Builds the suite's models, pulling embedded models that are not installed yet.
+fn build_models(
+    suite: &Suite,
+    ctx: &ProviderContext,
+    check_ready: bool,
+) -> anyhow::Result<Vec<Arc<dyn ChatModel>>> {
+    let mut built = Vec::new();
+    for spec in &suite.providers {
+        let options: ProviderOptions = serde_json::from_value(serde_json::Value::Object(
+            spec.options.clone(),
+        ))
+        .map_err(|error| {
+            let mut located = spec.location.clone();
+            located.message = format!("provider `{}` config: {error}", spec.id);
+            located
+        })?;
+        if let Some(name) = spec.id.strip_prefix("local:")
+            && let Some(entry) = models::entry(name)
+            && !models::installed_path(entry, &ctx.models_dir).exists()
+        {
+            eprintln!("plumb: local model `{name}` is not installed; pulling it now (once)…");
+            let report = models::pull(&[entry], &ctx.models_dir, false)?;
+            for line in report {
+                eprintln!("  {line}");
+            }
+        }
+        let model = plumb_provider::build(&spec.id, &options, ctx)
+            .map_err(|error| locate(error, &spec.location))?;
+        if check_ready {
+            model
+                .preflight()
+                .map_err(|error| locate(error, &spec.location))?;
+        }
+        built.push(model);
+    }
+    Ok(built)
+}
+
+fn locate(error: ModelError, at: &SourceError) -> anyhow::Error {
+    let mut located = at.clone();
+    located.message = error.message.clone();
+    located.hint = error.hint.clone();
+    anyhow::Error::new(located)
+}
+
+pub async fn execute(request: EvalRequest, store: Arc<dyn Store>) -> anyhow::Result<Finished> {
+    let suite = Suite::load(&request.suite_path)?;
+    let base_dir = request
+        .suite_path
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default();
+    let ctx = ProviderContext::new(&base_dir);
+
+    let (options, resume) = match &request.resume {
+        Some(run_id) => {
+            let run = store
+                .find_run(run_id)
+                .map_err(|e| user_error(e.to_string(), None))?;
+            let config: plumb_eval::runner::RunConfig =
+                serde_json::from_str(&run.config).map_err(|e| {
+                    user_error(
+                        format!("run {} has an unreadable config: {e}", run.id),
+                        None,
+                    )
+                })?;
+            if config.suite_hash != suite.content_hash {
+                return Err(user_error(
+                    format!(
+                        "the suite changed since run {} started, so it cannot be resumed",
+                        run.id
+                    ),
+                    Some("start a new run instead (drop `--resume`)".to_owned()),
+                ));
+            }
+            if run.status == RunStatus::Completed {
+                eprintln!(
+                    "plumb: run {} is already complete; reporting it",
+                    summary::short_id(&run.id)
+                );
+            }
+            (config.options, Some(run.id))
+        }
+        None => (
+            RunOptions {
+                concurrency: request
+                    .concurrency
+                    .or(suite.max_concurrency)
+                    .unwrap_or(8)
+                    .max(1),
+                repeat: request.repeat.or(suite.repeat).unwrap_or(1).max(1),
+                cache: request.cache,
+            },
+            None,
+        ),
+    };
+    // Baselines are resolved before the run, so `latest` means the run before this one.
+    let mut baselines = Vec::new();
+    for reference in request
+        .compare
+        .iter()
+        .chain(request.fail_on_regression.iter())
+    {
+        let baseline = store.find_run(reference).map_err(|e| {
+            user_error(
+                format!("baseline: {e}"),
+                Some("list runs with `plumb runs list`".to_owned()),
+            )
+        })?;
+        baselines.push(baseline);
+    }
+    // With a read-only cache no call is made, so missing keys are no reason to refuse.
+    let models = build_models(&suite, &ctx, options.cache != CacheMode::ReadOnly)?;
+    let suite = Arc::new(suite);
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    let interrupt = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            interrupt.store(true, Ordering::Relaxed);
+            eprintln!(
+                "\nplumb: interrupted; finishing the cases in flight (Ctrl-C again to quit at once)"
+            );
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+
+    let observer = Arc::new(ProgressObserver::new(request.progress));
+    let outcome = plumb_eval::run(
+        suite.clone(),
+        models,
+        store.clone(),
+        options,
+        resume,
+        observer.clone(),
+        cancel,
+    )
+    .await;
+    observer.finish();
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(plumb_eval::RunError::Fatal { provider, error }) => {
+            let hint = error.hint.clone();
+            return Err(user_error(format!("{provider}: {error}"), hint));
+        }
+        Err(error) => return Err(anyhow::Error::new(error)),
+    };
+
+    let run = store.find_run(&outcome.run_id)?;
+    let current = plumb_eval::summarize(store.as_ref(), &run)?;
+    let mut run_comparisons: Vec<Comparison> = Vec::new();
+    for baseline_run in &baselines {
+        if baseline_run.id == run.id {
+            continue;
+        }
+        let baseline = plumb_eval::summarize(store.as_ref(), baseline_run)?;
+        for comparison in compare_runs(&current, &baseline) {
+            if !run_comparisons
+                .iter()
+                .any(|c| c.a == comparison.a && c.b == comparison.b)
+            {
+                run_comparisons.push(comparison);
+            }
+        }
+    }
+    let summary = current.0;
+
+    let style = Style {
+        color: project::use_color(&std::io::stdout()),
+    };
+    print_stdout(&report::terminal(&summary, &run_comparisons, style))?;
+
+    let mut outputs = request.outputs.clone();
+    outputs.extend(suite.output_paths.iter().cloned());
+    for path in &outputs {
+        report::write_file(path, store.as_ref(), &run, &summary, &run_comparisons)?;
+        eprintln!("plumb: wrote {}", path.display());
+    }
+    eprintln!(
+        "plumb: {} cases in {:.1}s · run {} · database {}",
+        summary.cells.iter().map(|c| c.cases).sum::<u64>(),
+        outcome.elapsed.as_secs_f64(),
+        summary::short_id(&outcome.run_id),
+        request.db_path.display()
+    );
+
+    if outcome.status == RunStatus::Interrupted {
+        eprintln!(
+            "plumb: the run was interrupted; finish it with `plumb eval {} --resume {}`",
+            request.suite_path.display(),
+            summary::short_id(&outcome.run_id)
+        );
+        return Ok(Finished {
+            outcome: Outcome::Interrupted,
+        });
+    }
+    if !request.gate {
+        return Ok(Finished {
+            outcome: Outcome::Ok,
+        });
+    }
+    let failed_gate = if let Some(reference) = &request.fail_on_regression {
+        let regressions: Vec<&Comparison> = run_comparisons
+            .iter()
+            .filter(|c| is_regression(c))
+            .collect();
+        if regressions.is_empty() {
+            eprintln!("plumb: gate holds: no significant regression against run {reference}");
+            false
+        } else {
+            for regression in regressions {
+                eprintln!(
+                    "plumb: gate failed: significant regression: {}",
+                    regression.verdict
+                );
+            }
+            true
+        }
+    } else {
+        match summary::gate(&summary, &suite.thresholds) {
+            None => {
+                eprintln!("plumb: gate holds");
+                false
+            }
+            Some(problems) => {
+                for problem in problems {
+                    eprintln!("plumb: gate failed: {problem}");
+                }
+                true
+            }
+        }
+    };
+    Ok(Finished {
+        outcome: if failed_gate {
+            Outcome::GateFailed
+        } else {
+            Outcome::Ok
+        },
+    })
+}
+
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! The `plumb` command line: glue between the crates, the only place that knows exit codes
+//! (0 ok, 1 a gate failed, 2 bad input or an error, 130 interrupted).
+
+mod eval_cmd;
+mod models_cmd;
+mod progress;
+mod project;
+mod quickstart;
+mod runs_cmd;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "plumb",
+    version,
+    about = "The workbench for engineering LLM behaviour: evaluate prompts against models, with honest statistics",
+    long_about = None,
+    after_help = "Start with `plumb quickstart` (no API key needed), or `plumb init` in your project."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an eval suite and report pass rates, comparisons and failures
+    Eval(eval_cmd::EvalArgs),
+    /// Pull the embedded model and run the demo eval (two prompt versions on a local model)
+    Quickstart(quickstart::QuickstartArgs),
+    /// Scaffold a new plumb project (prompt file, suite, .gitignore) that runs as it is
+    Init(quickstart::InitArgs),
+    /// Manage the embedded local models
+    Models {
+        #[command(subcommand)]
+        command: models_cmd::ModelsCommand,
+    },
+    /// List and inspect stored eval runs
+    Runs {
+        #[command(subcommand)]
+        command: runs_cmd::RunsCommand,
+    },
+}
+
+/// Options shared by commands that use the project database.
+#[derive(Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// The SQLite database [default: .plumb/plumb.db in the project]
+    #[arg(long, env = "PLUMB_DB", global = true)]
+    pub db: Option<PathBuf>,
+}
+
+/// Exit codes, decided here and nowhere else.
+pub enum Outcome {
+    Ok,
+    GateFailed,
+    Interrupted,
+}
+
+/// An error that is the user's to fix: printed with its hint, exit 2.
+#[derive(Debug)]
+pub struct UserError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+pub fn user_error(message: impl Into<String>, hint: Option<String>) -> anyhow::Error {
+    anyhow::Error::new(UserError {
+        message: message.into(),
+        hint,
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Eval(args) => eval_cmd::run(args).await,
+            Command::Quickstart(args) => quickstart::quickstart(args).await,
+            Command::Init(args) => quickstart::init(args),
+            Command::Models { command } => models_cmd::run(command),
+            Command::Runs { command } => runs_cmd::run(command),
+        }
+    });
+    // Do not wait for stuck provider calls once the command is done.
+    runtime.shutdown_background();
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::GateFailed) => ExitCode::from(1),
+        Ok(Outcome::Interrupted) => ExitCode::from(130),
+        Err(error) => report_error(&error),
+    }
+}
+
+fn report_error(error: &anyhow::Error) -> ExitCode {
+    // Output piped into `head` and closed is not an error.
+    if let Some(io) = error.downcast_ref::<std::io::Error>()
+        && io.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        return ExitCode::SUCCESS;
+    }
+    let mut stderr = std::io::stderr().lock();
+    let color = project::use_color(&std::io::stderr());
+    let label = if color {
+        "\x1b[1;31merror\x1b[0m"
+    } else {
+        "error"
+    };
+    let hint_label = if color {
+        "\x1b[1;36mhint\x1b[0m"
+    } else {
+        "hint"
+    };
+    if let Some(source) = error.downcast_ref::<plumb_core::SourceError>() {
+        let mut plain = source.clone();
+        plain.hint = None;
+        let _ = writeln!(stderr, "{label}: {plain}");
+        if let Some(hint) = &source.hint {
+            let _ = writeln!(stderr, "{hint_label}: {hint}");
+        }
+    } else if let Some(model) = error.downcast_ref::<plumb_core::ModelError>() {
+        let _ = writeln!(stderr, "{label}: {model}");
+        if let Some(hint) = &model.hint {
+            let _ = writeln!(stderr, "{hint_label}: {hint}");
+        }
+    } else if let Some(user) = error.downcast_ref::<UserError>() {
+        let _ = writeln!(stderr, "{label}: {user}");
+        if let Some(hint) = &user.hint {
+            let _ = writeln!(stderr, "{hint_label}: {hint}");
+        }
+    } else {
+        let _ = writeln!(stderr, "{label}: {error:#}");
+    }
+    ExitCode::from(2)
+}

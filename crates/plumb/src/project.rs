@@ -1,0 +1,52 @@
+//! Where things are: the project root, its database, and whether to use color.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use plumb_store::{SqliteStore, Store};
+
+use crate::user_error;
+
+/// The nearest ancestor of `start` that holds `plumb.yaml`, `.plumb/` or `.git`, else `start`.
+pub fn root_from(start: &Path) -> PathBuf {
+    let mut current = Some(start);
+    while let Some(dir) = current {
+        if dir.join("plumb.yaml").is_file()
+            || dir.join(".plumb").is_dir()
+            || dir.join(".git").exists()
+        {
+            return dir.to_owned();
+        }
+        current = dir.parent();
+    }
+    start.to_owned()
+}
+
+pub fn database_path(explicit: Option<&Path>, start: &Path) -> PathBuf {
+    match explicit {
+        Some(path) => path.to_owned(),
+        None => root_from(start).join(".plumb").join("plumb.db"),
+    }
+}
+
+pub fn open_store(explicit: Option<&Path>, start: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    let path = database_path(explicit, start);
+    let store = SqliteStore::open(&path).map_err(|error| {
+        user_error(
+            error.to_string(),
+            Some("pass another database with `--db PATH`".to_owned()),
+        )
+    })?;
+    Ok(Arc::new(store))
+}
+
+pub fn current_dir() -> anyhow::Result<PathBuf> {
+    std::env::current_dir()
+        .map_err(|error| user_error(format!("cannot read the current directory: {error}"), None))
+}
+
+/// Color only on terminals, and never when `NO_COLOR` is set.
+pub fn use_color(stream: &impl IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}

@@ -1,0 +1,409 @@
+//! The `plumb` binary end to end: real processes, real files, a mock model API on loopback, and
+//! the embedded model for `init` and `quickstart`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use plumb_test::MockServer;
+
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new() -> Project {
+        Project {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn plumb(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_plumb"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env("PLUMB_DB", self.path(".plumb/plumb.db"))
+            .env_remove("OPENAI_API_KEY")
+            .output()
+            .unwrap()
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().unwrap_or(-1)
+}
+
+const ECHO_SUITE: &str = r#"
+description: echo suite
+prompts:
+  - "Hello {{ name }}"
+  - "Bye {{ name }}"
+providers: [echo]
+tests:
+  - vars: {name: Ada}
+    assert: [{type: contains, value: "{{ name }}"}]
+  - vars: {name: Bob}
+    assert:
+      - {type: icontains, value: bob}
+      - {type: word-count, value: {min: 2}, metric: words}
+  - vars: {name: Cy}
+    assert: [{type: not-contains, value: zzz}]
+"#;
+
+#[test]
+fn eval_writes_every_report_format() {
+    let project = Project::new();
+    project.write("suite.yaml", ECHO_SUITE);
+    let output = project.plumb(&[
+        "eval",
+        "suite.yaml",
+        "--no-progress",
+        "-o",
+        "out/r.json",
+        "-o",
+        "out/r.junit.xml",
+        "-o",
+        "out/r.html",
+        "-o",
+        "out/r.csv",
+        "-o",
+        "out/r.jsonl",
+    ]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("3/3 100.0%"), "{text}");
+    assert!(text.contains("no significant difference"), "{text}");
+    assert!(stderr(&output).contains("gate holds"));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(project.path("out/r.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["results"].as_array().unwrap().len(), 6);
+    assert_eq!(json["summary"]["cells"][0]["metrics"]["words"], 1.0);
+    let junit = std::fs::read_to_string(project.path("out/r.junit.xml")).unwrap();
+    assert!(
+        junit.contains("<testsuites") && junit.matches("<testcase").count() == 6,
+        "{junit}"
+    );
+    let html = std::fs::read_to_string(project.path("out/r.html")).unwrap();
+    assert!(
+        html.contains("<table")
+            && html.contains("Hello Ada")
+            && !html.contains("http://")
+            && !html.contains("https://")
+    );
+    assert_eq!(
+        std::fs::read_to_string(project.path("out/r.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        7
+    );
+    assert_eq!(
+        std::fs::read_to_string(project.path("out/r.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        6
+    );
+
+    let list = project.plumb(&["runs", "list"]);
+    assert_eq!(code(&list), 0);
+    assert!(stdout(&list).contains("completed"), "{}", stdout(&list));
+    let show = project.plumb(&["runs", "show", "latest", "-o", "again.csv"]);
+    assert_eq!(code(&show), 0, "{}", stderr(&show));
+    assert!(stdout(&show).contains("Hello"));
+}
+
+#[test]
+fn failing_tests_fail_the_gate_and_thresholds_can_relax_it() {
+    let project = Project::new();
+    let suite = "prompts: ['{{ x }}']\nproviders: [echo]\ntests:\n  - vars: {x: a}\n    assert: [{type: equals, value: a}]\n  - vars: {x: b}\n    assert: [{type: equals, value: c}]\n";
+    project.write("suite.yaml", suite);
+    let output = project.plumb(&["eval", "suite.yaml", "--no-progress"]);
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    assert!(stderr(&output).contains("gate failed"));
+    assert!(
+        stdout(&output).contains("expected `c`, got `b`"),
+        "{}",
+        stdout(&output)
+    );
+
+    project.write(
+        "relaxed.yaml",
+        &format!("{suite}thresholds: {{pass_rate: 0.5}}\n"),
+    );
+    assert_eq!(
+        code(&project.plumb(&["eval", "relaxed.yaml", "--no-progress"])),
+        0
+    );
+    project.write(
+        "strict.yaml",
+        &format!("{suite}thresholds: {{pass_rate: 0.9}}\n"),
+    );
+    assert_eq!(
+        code(&project.plumb(&["eval", "strict.yaml", "--no-progress"])),
+        1
+    );
+}
+
+#[test]
+fn bad_input_exits_2_with_location_and_hint() {
+    let project = Project::new();
+    project.write("typo.yaml", "prompts: [hi]\nproviders: [echo]\ntests:\n  - assert:\n      - type: contians\n        value: x\n");
+    let output = project.plumb(&["eval", "typo.yaml"]);
+    assert_eq!(code(&output), 2);
+    let err = stderr(&output);
+    assert!(
+        err.contains("typo.yaml:5:15: unknown assertion type `contians`"),
+        "{err}"
+    );
+    assert!(err.contains("hint: did you mean `contains`?"), "{err}");
+
+    project.write(
+        "provider.yaml",
+        "prompts: [hi]\nproviders: [opnai:gpt-4o-mini]\n",
+    );
+    let err = stderr(&project.plumb(&["eval", "provider.yaml"]));
+    assert!(
+        err.contains("unknown provider `opnai:gpt-4o-mini`")
+            && err.contains("did you mean `openai:gpt-4o-mini`"),
+        "{err}"
+    );
+
+    let output = project.plumb(&["eval", "missing.yaml"]);
+    assert_eq!(code(&output), 2);
+    assert!(
+        stderr(&output).contains("missing.yaml: cannot read suite"),
+        "{}",
+        stderr(&output)
+    );
+
+    project.write("yaml.yaml", "prompts: [hi\nproviders: [echo]\n");
+    assert_eq!(code(&project.plumb(&["eval", "yaml.yaml"])), 2);
+
+    project.write("key.yaml", "prompts: [hi]\nproviders:\n  - id: openai:gpt-4o-mini\n    config: {apiKeyEnvar: PLUMB_NO_SUCH_KEY}\n");
+    let output = project.plumb(&["eval", "key.yaml"]);
+    assert_eq!(code(&output), 2);
+    assert!(
+        stderr(&output).contains("PLUMB_NO_SUCH_KEY"),
+        "{}",
+        stderr(&output)
+    );
+
+    project.write(
+        "config.yaml",
+        "prompts: [hi]\nproviders:\n  - id: echo\n    config: {temprature: 1}\n",
+    );
+    let output = project.plumb(&["eval", "config.yaml"]);
+    assert_eq!(code(&output), 2);
+    assert!(
+        stderr(&output).contains("temprature"),
+        "{}",
+        stderr(&output)
+    );
+
+    project.write(
+        "vars.yaml",
+        "prompts: ['Hi {{ who }}']\nproviders: [echo]\ntests: [{vars: {whom: x}}]\n",
+    );
+    let output = project.plumb(&["eval", "vars.yaml"]);
+    assert_eq!(code(&output), 2);
+    assert!(
+        stderr(&output).contains("undefined variable `who`"),
+        "{}",
+        stderr(&output)
+    );
+
+    // No run was recorded for any of the bad inputs.
+    assert!(stderr(&project.plumb(&["runs", "list"])).contains("no runs yet"));
+}
+
+#[test]
+fn records_then_replays_without_the_api() {
+    let server = MockServer::start_in_background();
+    let project = Project::new();
+    let suite = format!(
+        "prompts: ['{{{{ q }}}}']\nproviders:\n  - id: openai-compatible:{}#mock-model\ntests:\n  - vars: {{q: one}}\n    assert: [{{type: contains, value: one}}]\n  - vars: {{q: two}}\n    assert: [{{type: contains, value: two}}]\n",
+        server.openai_base()
+    );
+    project.write("suite.yaml", &suite);
+    let first = project.plumb(&["eval", "suite.yaml", "--no-progress"]);
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    assert_eq!(server.received().len(), 2);
+
+    let replay = project.plumb(&[
+        "eval",
+        "suite.yaml",
+        "--no-progress",
+        "--cache",
+        "read-only",
+    ]);
+    assert_eq!(code(&replay), 0, "{}", stderr(&replay));
+    assert!(
+        stdout(&replay).contains("2 from cache"),
+        "{}",
+        stdout(&replay)
+    );
+    assert_eq!(server.received().len(), 2, "the replay made no call");
+
+    project.write(
+        "suite.yaml",
+        &suite
+            .replace("q: two", "q: three")
+            .replace("value: two", "value: three"),
+    );
+    let miss = project.plumb(&[
+        "eval",
+        "suite.yaml",
+        "--no-progress",
+        "--cache",
+        "read-only",
+    ]);
+    assert_eq!(code(&miss), 2);
+    assert!(
+        stderr(&miss).contains("no recorded answer"),
+        "{}",
+        stderr(&miss)
+    );
+}
+
+#[test]
+fn fail_on_regression_needs_a_significant_drop() {
+    let project = Project::new();
+    let good: String = (0..30)
+        .map(|i| format!("{{\"input\": \"q{i}\", \"output\": \"a{i}\"}}\n"))
+        .collect();
+    project.write("answers.jsonl", &good);
+    let tests: String = (0..30)
+        .map(|i| format!("  - vars: {{q: q{i}, a: a{i}}}\n"))
+        .collect();
+    project.write(
+        "suite.yaml",
+        &format!("prompts: ['{{{{ q }}}}']\nproviders:\n  - id: mock:file:answers.jsonl\n    label: model\ndefaultTest:\n  assert: [{{type: equals, value: '{{{{ a }}}}'}}]\ntests:\n{tests}"),
+    );
+    let baseline = project.plumb(&["eval", "suite.yaml", "--no-progress"]);
+    assert_eq!(code(&baseline), 0, "{}", stderr(&baseline));
+
+    // One answer worse: not significant, the regression gate holds.
+    project.write("answers.jsonl", &good.replace("\"a0\"", "\"wrong\""));
+    let slight = project.plumb(&[
+        "eval",
+        "suite.yaml",
+        "--no-progress",
+        "--fail-on-regression",
+        "latest",
+    ]);
+    assert_eq!(code(&slight), 0, "{}", stderr(&slight));
+    assert!(
+        stdout(&slight).contains("no significant difference"),
+        "{}",
+        stdout(&slight)
+    );
+
+    // Twenty answers worse: significant.
+    let bad: String = (0..30)
+        .map(|i| {
+            format!(
+                "{{\"input\": \"q{i}\", \"output\": \"{}\"}}\n",
+                if i < 20 {
+                    "wrong".to_owned()
+                } else {
+                    format!("a{i}")
+                }
+            )
+        })
+        .collect();
+    project.write("answers.jsonl", &bad);
+    let worse = project.plumb(&[
+        "eval",
+        "suite.yaml",
+        "--no-progress",
+        "--fail-on-regression",
+        "latest",
+    ]);
+    assert_eq!(code(&worse), 1, "{}", stderr(&worse));
+    assert!(
+        stderr(&worse).contains("significant regression"),
+        "{}",
+        stderr(&worse)
+    );
+}
+
+#[test]
+fn init_scaffolds_a_project_that_runs_on_the_local_model() {
+    let project = Project::new();
+    let output = project.plumb(&["init"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert!(
+        std::fs::read_to_string(project.path(".gitignore"))
+            .unwrap()
+            .contains(".plumb/")
+    );
+    assert_eq!(
+        code(&project.plumb(&["init"])),
+        2,
+        "init refuses to overwrite"
+    );
+    let output = project.plumb(&["eval", "--no-progress"]);
+    assert_eq!(code(&output), 0, "{}\n{}", stdout(&output), stderr(&output));
+    assert!(stdout(&output).contains("4/4"), "{}", stdout(&output));
+}
+
+#[test]
+fn quickstart_runs_the_demo_on_the_local_model() {
+    let project = Project::new();
+    let output = project.plumb(&["quickstart", "--dir", "demo", "--no-progress"]);
+    assert_eq!(code(&output), 0, "{}\n{}", stdout(&output), stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("triage-v1") && text.contains("triage-v2") && text.contains("McNemar"),
+        "{text}"
+    );
+    assert!(project.path("demo/report.html").is_file());
+}
+
+#[test]
+fn models_list_and_help() {
+    let project = Project::new();
+    let output = project.plumb(&["models", "list"]);
+    assert_eq!(code(&output), 0);
+    assert!(stdout(&output).contains("gemma3-270m"));
+    for command in [
+        &["--help"][..],
+        &["eval", "--help"],
+        &["quickstart", "--help"],
+        &["runs", "show", "--help"],
+    ] {
+        let output = project.plumb(command);
+        assert_eq!(code(&output), 0, "{command:?}");
+    }
+}

