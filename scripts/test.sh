@@ -28,8 +28,8 @@ cargo fmt --all -- --check
 echo "test.sh: building"
 cargo build --workspace --all-targets --locked
 
-echo "test.sh: embedded model for the real-model tests (into $PLUMB_HOME/models)"
-target/debug/plumb models pull gemma3-270m
+echo "test.sh: embedded models for the real-model tests (into $PLUMB_HOME/models)"
+target/debug/plumb models pull gemma3-270m all-minilm-l6-v2
 
 echo "test.sh: clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -34,10 +34,11 @@ pub enum AssertionType {
     Latency,
     Cost,
     FinishReason,
+    Similar,
     AssertSet,
 }
 
-const SUPPORTED: [(&str, AssertionType); 20] = [
+const SUPPORTED: [(&str, AssertionType); 21] = [
     ("equals", AssertionType::Equals),
     ("contains", AssertionType::Contains),
     ("icontains", AssertionType::Icontains),
@@ -60,6 +61,7 @@ const SUPPORTED: [(&str, AssertionType); 20] = [
     ("latency", AssertionType::Latency),
     ("cost", AssertionType::Cost),
     ("finish-reason", AssertionType::FinishReason),
+    ("similar", AssertionType::Similar),
     ("assert-set", AssertionType::AssertSet),
 ];
 
@@ -163,6 +165,8 @@ pub struct Assertion {
     pub weight: f64,
     pub metric: Option<String>,
     pub children: Vec<Assertion>,
+    /// The embedder of `similar` (an embedder id); `None` means the default local one.
+    pub provider: Option<String>,
     /// Precompiled when the pattern has no template syntax.
     regex: Option<Arc<regex::Regex>>,
     /// Precompiled JSON Schema (is-json / contains-json) when it has no template syntax.
@@ -179,7 +183,16 @@ pub struct Output<'a> {
     pub cost: f64,
     /// The tools the prompt offered (OpenAI shape), for `is-valid-openai-tools-call`.
     pub tools: &'a [Value],
+    /// Embeddings computed for this case's `similar` assertions.
+    pub embeddings: &'a Embeddings,
 }
+
+/// Unit vectors by (embedder id, text), computed before assertions run (embedding is async,
+/// assertions are not).
+pub type Embeddings = std::collections::HashMap<(String, String), Vec<f32>>;
+
+/// The embedder `similar` uses when the assertion names none.
+pub const DEFAULT_EMBEDDER: &str = "local:all-minilm-l6-v2";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AssertionResult {
@@ -221,6 +234,7 @@ impl Assertion {
             weight,
             metric,
             children,
+            provider: None,
             regex: None,
             schema: None,
         };
@@ -303,6 +317,24 @@ impl Assertion {
             T::FinishReason => {
                 if !matches!(self.value, Some(Value::String(_))) {
                     return need("one of stop, length, tool_calls, content_filter");
+                }
+            }
+            T::Similar => {
+                match &self.value {
+                    Some(Value::String(_)) => {}
+                    Some(Value::Array(items))
+                        if !items.is_empty() && items.iter().all(Value::is_string) => {}
+                    _ => return need("the reference text, or a list of them"),
+                }
+                if let Some(threshold) = self.threshold
+                    && !(-1.0..=1.0).contains(&threshold)
+                {
+                    return Err((
+                        format!(
+                            "`{label}`: threshold is a cosine similarity in [-1, 1], got {threshold}"
+                        ),
+                        None,
+                    ));
                 }
             }
             T::AssertSet => {
@@ -618,7 +650,66 @@ impl Assertion {
                     format!("finish reason `{got}`, expected `{expected}`"),
                 )
             }
+            T::Similar => {
+                let embedder = self.embedder();
+                let references = self.similar_references(vars)?;
+                let vector = |text: &str| {
+                    output
+                        .embeddings
+                        .get(&(embedder.to_owned(), text.to_owned()))
+                };
+                let Some(got) = vector(text) else {
+                    return Err(format!("no embedding of the output from `{embedder}`"));
+                };
+                let mut best = f64::NEG_INFINITY;
+                for reference in &references {
+                    let Some(expected) = vector(reference) else {
+                        return Err(format!(
+                            "no embedding of `{}` from `{embedder}`",
+                            excerpt(reference)
+                        ));
+                    };
+                    best = best.max(cosine(got, expected));
+                }
+                let threshold = self.threshold.unwrap_or(0.75);
+                let pass = best >= threshold;
+                let relation = if pass { "≥" } else { "<" };
+                Ok((
+                    pass,
+                    best.clamp(0.0, 1.0),
+                    format!("cosine similarity {best:.3} {relation} threshold {threshold}"),
+                ))
+            }
             T::AssertSet => Err("internal: assert-set evaluated as a leaf".into()),
+        }
+    }
+
+    /// The embedder id of a `similar` assertion.
+    pub fn embedder(&self) -> &str {
+        self.provider.as_deref().unwrap_or(DEFAULT_EMBEDDER)
+    }
+
+    /// The rendered reference texts of a `similar` assertion.
+    pub fn similar_references(&self, vars: &Map<String, Value>) -> Result<Vec<String>, String> {
+        Ok(string_list_exact(&self.rendered_value(vars)?))
+    }
+
+    /// Every (embedder, text) this assertion (and its children) will need for `output`.
+    pub fn embedding_requests(
+        &self,
+        output: &str,
+        vars: &Map<String, Value>,
+        into: &mut Vec<(String, String)>,
+    ) {
+        for child in &self.children {
+            child.embedding_requests(output, vars, into);
+        }
+        if self.kind == AssertionType::Similar {
+            let embedder = self.embedder().to_owned();
+            into.push((embedder.clone(), output.to_owned()));
+            if let Ok(references) = self.similar_references(vars) {
+                into.extend(references.into_iter().map(|text| (embedder.clone(), text)));
+            }
         }
     }
 
@@ -735,6 +826,29 @@ pub fn render_value(value: &Value, vars: &Map<String, Value>) -> Result<Value, S
     })
 }
 
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let denominator = norm(a) * norm(b);
+    if denominator == 0.0 {
+        0.0
+    } else {
+        dot / denominator
+    }
+}
+
+/// A list of strings without comma splitting (reference sentences contain commas).
+fn string_list_exact(value: &Value) -> Vec<String> {
+    match value {
+        Value::Array(items) => items.iter().map(value_text).collect(),
+        other => vec![value_text(other)],
+    }
+}
+
 fn value_text(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
@@ -823,6 +937,7 @@ mod tests {
     use serde_json::json;
 
     fn output(text: &str) -> Output<'_> {
+        static NONE: std::sync::LazyLock<Embeddings> = std::sync::LazyLock::new(Embeddings::new);
         Output {
             text,
             tool_calls: &[],
@@ -830,6 +945,7 @@ mod tests {
             latency_ms: 12.0,
             cost: 0.001,
             tools: &[],
+            embeddings: &NONE,
         }
     }
 
@@ -1032,6 +1148,48 @@ mod tests {
         let bad: &'static [ToolCall] = Box::leak(Box::new(bad));
         assert!(assertion.evaluate(&out(good), &Map::new()).pass);
         assert!(!assertion.evaluate(&out(bad), &Map::new()).pass);
+    }
+
+    #[test]
+    fn similar_uses_precomputed_embeddings() {
+        let mut embeddings = Embeddings::new();
+        let key = |text: &str| (DEFAULT_EMBEDDER.to_owned(), text.to_owned());
+        embeddings.insert(key("a cat"), vec![1.0, 0.0]);
+        embeddings.insert(key("a kitten"), vec![0.8, 0.6]);
+        embeddings.insert(key("revenue"), vec![0.0, 1.0]);
+        let assertion = Assertion::resolve(
+            "similar",
+            Some(json!(["revenue", "a kitten"])),
+            Some(0.7),
+            None,
+            None,
+            vec![],
+        )
+        .unwrap();
+        let mut requests = Vec::new();
+        assertion.embedding_requests("a cat", &Map::new(), &mut requests);
+        assert_eq!(requests.len(), 3);
+        let out = Output {
+            embeddings: &embeddings,
+            ..output("a cat")
+        };
+        let result = assertion.evaluate(&out, &Map::new());
+        assert!(
+            result.pass && (result.score - 0.8).abs() < 1e-6,
+            "{result:?}"
+        );
+        let negated = Assertion::resolve(
+            "not-similar",
+            Some(json!("revenue")),
+            None,
+            None,
+            None,
+            vec![],
+        )
+        .unwrap();
+        assert!(negated.evaluate(&out, &Map::new()).pass);
+        // Without embeddings the assertion cannot pass.
+        assert!(!assertion.evaluate(&output("a cat"), &Map::new()).pass);
     }
 
     #[test]

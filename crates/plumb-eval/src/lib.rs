@@ -13,6 +13,8 @@ pub mod stats;
 pub mod suite;
 pub mod summary;
 
-pub use runner::{CacheMode, CaseResult, Observer, RunError, RunOptions, RunOutcome, Silent, run};
+pub use runner::{
+    Backends, CacheMode, CaseResult, Observer, RunError, RunOptions, RunOutcome, Silent, run,
+};
 pub use suite::{ProviderSpec, Suite, TestCase, Thresholds};
 pub use summary::{Summary, gate, summarize};

@@ -127,6 +127,9 @@ pub(crate) struct RawAssertion {
     pub metric: Option<String>,
     #[serde(default)]
     pub config: Option<Value>,
+    /// The embedder of `similar` (promptfoo's grading `provider`).
+    #[serde(default)]
+    pub provider: Option<String>,
     /// The children of an `assert-set`.
     #[serde(default)]
     pub assert: Option<Vec<RawAssertion>>,

@@ -2,20 +2,21 @@
 //! per-provider limits, through the response cache, with results streamed to the store in
 //! batches as they finish (memory stays flat however many cases there are).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use plumb_core::{
-    ChatModel, ChatRequest, ChatResponse, FinishReason, Message, ModelError, ModelErrorKind,
-    ToolCall, Usage, hash_hex,
+    ChatModel, ChatRequest, ChatResponse, Embedder, FinishReason, Message, ModelError,
+    ModelErrorKind, ToolCall, Usage, hash_hex,
 };
 use plumb_store::{CaseKey, CaseRecord, RunRecord, RunStatus, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 
-use crate::assertion::{self, AssertionResult, Output};
+use crate::assertion::{self, AssertionResult, Embeddings, Output};
 use crate::suite::{Suite, render_messages};
 
 /// Results are written in one transaction per batch of this many, or sooner (`FLUSH_EVERY`).
@@ -174,20 +175,48 @@ struct CachedAnswer {
     latency_ms: f64,
 }
 
-/// Runs `suite` with `models` (one per suite provider, in order). With `resume`, the run with
+/// The models a run talks to.
+pub struct Backends {
+    /// One per suite provider, in order.
+    pub models: Vec<Arc<dyn ChatModel>>,
+    /// By embedder id, for every id `Suite::embedders` names.
+    pub embedders: HashMap<String, Arc<dyn Embedder>>,
+}
+
+impl Backends {
+    pub fn models(models: Vec<Arc<dyn ChatModel>>) -> Backends {
+        Backends {
+            models,
+            embedders: HashMap::new(),
+        }
+    }
+}
+
+/// Runs `suite` with `backends`. With `resume`, the run with
 /// that id continues and cases it already has are skipped.
 pub async fn run(
     suite: Arc<Suite>,
-    models: Vec<Arc<dyn ChatModel>>,
+    backends: Backends,
     store: Arc<dyn Store>,
     options: RunOptions,
     resume: Option<String>,
     observer: Arc<dyn Observer>,
     cancel: Arc<AtomicBool>,
 ) -> Result<RunOutcome, RunError> {
+    let Backends { models, embedders } = backends;
     if models.len() != suite.providers.len() {
         return Err(RunError::Internal("one model per provider expected".into()));
     }
+    if let Some(missing) = suite
+        .embedders()
+        .into_iter()
+        .find(|id| !embedders.contains_key(id))
+    {
+        return Err(RunError::Internal(format!(
+            "embedder `{missing}` was not provided"
+        )));
+    }
+    let embedders = Arc::new(embedders);
     let started = Instant::now();
     let config = RunConfig::new(&suite, &options);
     let (run_id, done) = match resume {
@@ -275,6 +304,7 @@ pub async fn run(
                         model: models[provider_idx as usize].clone(),
                         provider_gate: per_provider[provider_idx as usize].clone(),
                         store: store.clone(),
+                        embedders: embedders.clone(),
                         cache: options.cache,
                         key,
                         repeats: repeat,
@@ -342,6 +372,7 @@ struct Job {
     model: Arc<dyn ChatModel>,
     provider_gate: Arc<Semaphore>,
     store: Arc<dyn Store>,
+    embedders: Arc<HashMap<String, Arc<dyn Embedder>>>,
     cache: CacheMode,
     key: CaseKey,
     repeats: u32,
@@ -404,6 +435,23 @@ impl Job {
                     .pricing()
                     .map(|p| p.cost(&response.usage))
                     .unwrap_or(0.0);
+                let embeddings = match self.embed(&response.content, test).await {
+                    Ok(embeddings) => embeddings,
+                    Err(error) => {
+                        if error.is_user_error() {
+                            return Err(RunError::Fatal {
+                                provider: "embedder".into(),
+                                error,
+                            });
+                        }
+                        result.error = Some(format!("embedding failed: {error}"));
+                        result.output = response.content;
+                        result.latency_ms = latency_ms;
+                        result.usage = response.usage;
+                        result.cost = cost;
+                        return Ok(result);
+                    }
+                };
                 let output = Output {
                     text: &response.content,
                     tool_calls: &response.tool_calls,
@@ -411,6 +459,7 @@ impl Job {
                     latency_ms,
                     cost,
                     tools: &request.params.tools,
+                    embeddings: &embeddings,
                 };
                 let results: Vec<AssertionResult> = test
                     .asserts
@@ -434,6 +483,40 @@ impl Job {
             }
         }
         Ok(result)
+    }
+
+    /// Embeds what this case's `similar` assertions compare, one call per embedder.
+    async fn embed(
+        &self,
+        output: &str,
+        test: &crate::suite::TestCase,
+    ) -> Result<Embeddings, ModelError> {
+        let mut requests = Vec::new();
+        for assertion in &test.asserts {
+            assertion.embedding_requests(output, &test.vars, &mut requests);
+        }
+        let mut embeddings = Embeddings::new();
+        if requests.is_empty() {
+            return Ok(embeddings);
+        }
+        let mut by_embedder: HashMap<&str, Vec<String>> = HashMap::new();
+        for (embedder, text) in &requests {
+            let texts = by_embedder.entry(embedder.as_str()).or_default();
+            if !texts.contains(text) {
+                texts.push(text.clone());
+            }
+        }
+        for (id, texts) in by_embedder {
+            let embedder = self
+                .embedders
+                .get(id)
+                .ok_or_else(|| ModelError::config(format!("embedder `{id}` is not available")))?;
+            let vectors = embedder.embed(&texts).await?;
+            for (text, vector) in texts.into_iter().zip(vectors) {
+                embeddings.insert((id.to_owned(), text), vector);
+            }
+        }
+        Ok(embeddings)
     }
 
     fn cache_key(&self, request: &ChatRequest) -> String {

@@ -230,6 +230,27 @@ impl Suite {
         Ok(suite)
     }
 
+    /// The embedder ids the suite's `similar` assertions use.
+    pub fn embedders(&self) -> Vec<String> {
+        fn walk(assertion: &Assertion, into: &mut Vec<String>) {
+            if assertion.kind == assertion::AssertionType::Similar
+                && !into.iter().any(|e| e == assertion.embedder())
+            {
+                into.push(assertion.embedder().to_owned());
+            }
+            for child in &assertion.children {
+                walk(child, into);
+            }
+        }
+        let mut ids = Vec::new();
+        for test in &self.tests {
+            for assertion in &test.asserts {
+                walk(assertion, &mut ids);
+            }
+        }
+        ids
+    }
+
     /// Renders every prompt with every test's vars once, so a template error stops the run
     /// before the first model call instead of failing cases one by one.
     fn check_renders(&self) -> Result<(), SourceError> {
@@ -722,7 +743,7 @@ fn resolve_assertion(raw: &RawAssertion, path: &Path) -> Result<Assertion, Sourc
             format!("`{}` takes no `config`", raw.kind.value),
         ));
     }
-    Assertion::resolve(
+    let mut resolved = Assertion::resolve(
         &raw.kind.value,
         raw.value.clone(),
         raw.threshold,
@@ -730,7 +751,17 @@ fn resolve_assertion(raw: &RawAssertion, path: &Path) -> Result<Assertion, Sourc
         raw.metric.clone(),
         children,
     )
-    .map_err(|error| assertion::located(error, at))
+    .map_err(|error| assertion::located(error, at.clone()))?;
+    if let Some(provider) = &raw.provider {
+        if resolved.kind != assertion::AssertionType::Similar {
+            return Err(
+                with_message(&at, format!("`{}` takes no `provider`", raw.kind.value))
+                    .with_hint("only `similar` uses a provider (its embedder) so far"),
+            );
+        }
+        resolved.provider = Some(provider.clone());
+    }
+    Ok(resolved)
 }
 
 fn push_test(

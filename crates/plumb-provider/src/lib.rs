@@ -4,6 +4,7 @@
 //! Only this crate knows wire formats, HTTP clients and model runtimes.
 
 mod anthropic;
+pub mod embed;
 mod http;
 #[cfg(feature = "local")]
 mod local;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use embed::{DEFAULT_EMBEDDER, build_embedder};
 use plumb_core::{ChatModel, ModelError};
 use serde::Deserialize;
 

@@ -1,11 +1,12 @@
 //! `plumb eval`: load a suite, build its providers, run it, report, and decide the gate.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, ValueEnum};
-use plumb_core::{ChatModel, ModelError, SourceError};
+use plumb_core::{ChatModel, Embedder, ModelError, SourceError};
 use plumb_eval::report::{self, Style};
 use plumb_eval::summary::{self, Comparison, compare_runs, is_regression};
 use plumb_eval::{CacheMode, RunOptions, Suite};
@@ -179,6 +180,35 @@ fn build_models(
     Ok(built)
 }
 
+/// Builds the embedders the suite's `similar` assertions name, pulling the embedded one if
+/// it is not installed yet.
+fn build_embedders(
+    suite: &Suite,
+    ctx: &ProviderContext,
+) -> anyhow::Result<HashMap<String, Arc<dyn Embedder>>> {
+    let mut built = HashMap::new();
+    for id in suite.embedders() {
+        if let Some(name) = id.strip_prefix("local:")
+            && let Some(entry) = models::entry(name)
+            && !models::installed_path(entry, &ctx.models_dir).exists()
+        {
+            eprintln!("plumb: embedding model `{name}` is not installed; pulling it now (once)…");
+            for line in models::pull(&[entry], &ctx.models_dir, false)? {
+                eprintln!("  {line}");
+            }
+        }
+        let embedder = plumb_provider::build_embedder(&id, &ProviderOptions::default(), ctx)
+            .map_err(|error| {
+                let mut located =
+                    SourceError::in_file(&suite.path, format!("`similar`: {}", error.message));
+                located.hint = error.hint.clone();
+                located
+            })?;
+        built.insert(id, embedder);
+    }
+    Ok(built)
+}
+
 fn locate(error: ModelError, at: &SourceError) -> anyhow::Error {
     let mut located = at.clone();
     located.message = error.message.clone();
@@ -254,6 +284,7 @@ pub async fn execute(request: EvalRequest, store: Arc<dyn Store>) -> anyhow::Res
     }
     // With a read-only cache no call is made, so missing keys are no reason to refuse.
     let models = build_models(&suite, &ctx, options.cache != CacheMode::ReadOnly)?;
+    let embedders = build_embedders(&suite, &ctx)?;
     let suite = Arc::new(suite);
 
     let cancel = Arc::new(AtomicBool::new(false));
@@ -273,7 +304,7 @@ pub async fn execute(request: EvalRequest, store: Arc<dyn Store>) -> anyhow::Res
     let observer = Arc::new(ProgressObserver::new(request.progress));
     let outcome = plumb_eval::run(
         suite.clone(),
-        models,
+        plumb_eval::Backends { models, embedders },
         store.clone(),
         options,
         resume,

@@ -112,7 +112,7 @@ async fn interrupted_runs_resume_without_redoing_cases() {
     });
     let outcome = plumb_eval::run(
         suite.clone(),
-        vec![model.clone()],
+        plumb_eval::Backends::models(vec![model.clone()]),
         store.clone(),
         options(CacheMode::Off),
         None,
@@ -130,7 +130,7 @@ async fn interrupted_runs_resume_without_redoing_cases() {
 
     let resumed = plumb_eval::run(
         suite,
-        vec![model.clone()],
+        plumb_eval::Backends::models(vec![model.clone()]),
         store.clone(),
         options(CacheMode::Off),
         Some(outcome.run_id.clone()),
@@ -156,7 +156,7 @@ async fn cache_replays_and_read_only_misses_are_fatal() {
     let run = |cache| {
         plumb_eval::run(
             suite.clone(),
-            vec![model.clone() as Arc<dyn ChatModel>],
+            plumb_eval::Backends::models(vec![model.clone() as Arc<dyn ChatModel>]),
             store.clone(),
             options(cache),
             None,
@@ -174,7 +174,7 @@ async fn cache_replays_and_read_only_misses_are_fatal() {
     let other = Arc::new(write_suite(tempfile::tempdir().unwrap().path(), 7));
     let error = plumb_eval::run(
         other,
-        vec![model.clone()],
+        plumb_eval::Backends::models(vec![model.clone()]),
         store.clone(),
         options(CacheMode::ReadOnly),
         None,
@@ -195,7 +195,7 @@ async fn model_errors_are_unmeasured_not_failures() {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("p.db")).unwrap());
     let outcome = plumb_eval::run(
         suite.clone(),
-        vec![Scripted::new(Some(ModelErrorKind::Server))],
+        plumb_eval::Backends::models(vec![Scripted::new(Some(ModelErrorKind::Server))]),
         store.clone(),
         options(CacheMode::Off),
         None,
@@ -223,7 +223,7 @@ async fn configuration_errors_stop_the_run() {
     let model = Scripted::new(Some(ModelErrorKind::Auth));
     let error = plumb_eval::run(
         suite,
-        vec![model.clone()],
+        plumb_eval::Backends::models(vec![model.clone()]),
         store.clone(),
         options(CacheMode::Off),
         None,
@@ -246,7 +246,7 @@ async fn repeats_measure_flakiness() {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("p.db")).unwrap());
     let outcome = plumb_eval::run(
         suite,
-        vec![Scripted::new(None)],
+        plumb_eval::Backends::models(vec![Scripted::new(None)]),
         store.clone(),
         RunOptions {
             concurrency: 4,

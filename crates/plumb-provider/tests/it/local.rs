@@ -115,3 +115,44 @@ async fn unusable_schemas_are_errors_not_aborts() {
     let response = model.chat(&ask("give me json", params)).await.unwrap();
     assert_eq!(response.finish_reason, Some(FinishReason::Length));
 }
+
+#[tokio::test]
+async fn minilm_embeddings_rank_meaning() {
+    let ctx = ProviderContext::new(Path::new("."));
+    let embedder = match plumb_provider::build_embedder(
+        plumb_provider::DEFAULT_EMBEDDER,
+        &ProviderOptions::default(),
+        &ctx,
+    ) {
+        Ok(embedder) => embedder,
+        Err(error) => {
+            panic!("{error} — run `scripts/test.sh` or `plumb models pull all-minilm-l6-v2` first")
+        }
+    };
+    let texts = [
+        "A cat sits on the mat.",
+        "A kitten rests on a rug.",
+        "Quarterly revenue grew by 4%.",
+    ]
+    .map(String::from);
+    let vectors = embedder.embed(&texts).await.unwrap();
+    assert_eq!(vectors.len(), 3);
+    assert_eq!(vectors[0].len(), 384);
+    let norm: f32 = vectors[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let related = cosine(&vectors[0], &vectors[1]);
+    let unrelated = cosine(&vectors[0], &vectors[2]);
+    assert!(
+        related > 0.5 && unrelated < 0.2,
+        "related {related}, unrelated {unrelated}"
+    );
+    // A batch and a single call agree (padding must not leak into the mean).
+    let single = embedder.embed(&texts[..1]).await.unwrap();
+    let drift: f32 = single[0]
+        .iter()
+        .zip(&vectors[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(drift < 1e-4, "{drift}");
+}

@@ -379,6 +379,45 @@ fn init_scaffolds_a_project_that_runs_on_the_local_model() {
 }
 
 #[test]
+fn similar_uses_the_embedded_embedding_model() {
+    let project = Project::new();
+    project.write(
+        "suite.yaml",
+        r#"
+prompts: ["{{ text }}"]
+providers: [echo]
+tests:
+  - vars: {text: "The cat is sleeping on the sofa."}
+    assert:
+      - type: similar
+        value: A kitten naps on the couch.
+        threshold: 0.5
+      - type: not-similar
+        value: [Quarterly revenue grew by four percent., The train leaves at noon.]
+        threshold: 0.5
+"#,
+    );
+    let output = project.plumb(&["eval", "suite.yaml", "--no-progress", "-o", "r.json"]);
+    assert_eq!(code(&output), 0, "{}\n{}", stdout(&output), stderr(&output));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(project.path("r.json")).unwrap()).unwrap();
+    let reason = json["results"][0]["assertions"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.starts_with("cosine similarity"), "{reason}");
+
+    project.write("bad.yaml", "prompts: [hi]\nproviders: [echo]\ntests:\n  - assert: [{type: similar, value: x, provider: nope:model}]\n");
+    let output = project.plumb(&["eval", "bad.yaml"]);
+    assert_eq!(code(&output), 2);
+    assert!(
+        stderr(&output).contains("unknown embedder `nope:model`"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn quickstart_runs_the_demo_on_the_local_model() {
     let project = Project::new();
     let output = project.plumb(&["quickstart", "--dir", "demo", "--no-progress"]);
