@@ -153,6 +153,35 @@ pub(crate) fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
     ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
+/// Checks that something listens at `url`'s host and port (DNS + TCP connect, no request),
+/// so a wrong base URL is reported once before a run instead of as every case failing.
+pub(crate) fn check_reachable(url: &str) -> Result<(), ModelError> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let unreachable = |detail: String| {
+        ModelError::config(format!("cannot reach {url}: {detail}"))
+            .with_hint("check the base URL (`apiBaseUrl`) and that the server is running")
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|error| unreachable(error.to_string()))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| unreachable("no host".to_owned()))?;
+    let port = parsed
+        .port_or_known_default()
+        .ok_or_else(|| unreachable("no port".to_owned()))?;
+    let addresses: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|error| unreachable(format!("cannot resolve `{host}`: {error}")))?
+        .collect();
+    let mut last = String::from("no address");
+    for address in addresses {
+        match TcpStream::connect_timeout(&address, Duration::from_secs(5)) {
+            Ok(_) => return Ok(()),
+            Err(error) => last = error.to_string(),
+        }
+    }
+    Err(unreachable(last))
+}
+
 pub(crate) fn api_key(env_name: &str) -> Option<String> {
     std::env::var(env_name)
         .ok()

@@ -150,7 +150,7 @@ impl ChatModel for OpenAiModel {
         if self.flavor == Flavor::OpenAi && self.api_key.is_none() {
             return Err(self.missing_key());
         }
-        Ok(())
+        http::check_reachable(&self.url)
     }
 }
 

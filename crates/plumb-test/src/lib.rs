@@ -94,6 +94,7 @@ impl MockServer {
         let app = Router::new()
             .route("/v1/chat/completions", post(openai))
             .route("/v1/messages", post(anthropic))
+            .route("/v1/embeddings", post(embeddings))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -245,5 +246,39 @@ async fn anthropic(
         "stop_reason": "end_turn",
         "usage": {"input_tokens": 13, "output_tokens": 5}
     }))
+    .into_response()
+}
+
+/// OpenAI's embeddings shape. Each vector is derived from the text's bytes, so equal texts get
+/// equal vectors and different texts (almost always) different ones.
+async fn embeddings(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    if let Some(response) = scripted(&state, "/v1/embeddings", headers, &body).await {
+        return response;
+    }
+    let inputs: Vec<String> = match body.get("input") {
+        Some(Value::String(text)) => vec![text.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let mut vector = [1.0f64; 8];
+            for (position, byte) in text.bytes().enumerate() {
+                vector[position % 8] += f64::from(byte);
+            }
+            json!({"object": "embedding", "index": index, "embedding": vector})
+        })
+        .collect();
+    axum::Json(json!({"object": "list", "data": data, "model": body.get("model").cloned().unwrap_or(Value::Null),
+        "usage": {"prompt_tokens": 3, "total_tokens": 3}}))
     .into_response()
 }

@@ -263,3 +263,44 @@ async fn mock_lookup_file_answers_by_input() {
     );
     assert!(model.chat(&request("other")).await.is_err());
 }
+
+#[tokio::test]
+async fn openai_compatible_embeddings() {
+    let server = MockServer::start().await;
+    let id = format!("openai-compatible:{}#emb-model", server.openai_base());
+    let embedder =
+        plumb_provider::build_embedder(&id, &ProviderOptions::default(), &ctx()).unwrap();
+    let texts = ["alpha".to_owned(), "beta".to_owned(), "alpha".to_owned()];
+    let vectors = embedder.embed(&texts).await.unwrap();
+    assert_eq!(vectors.len(), 3);
+    assert_eq!(vectors[0], vectors[2]);
+    assert_ne!(vectors[0], vectors[1]);
+    let norm: f32 = vectors[1].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5);
+    assert_eq!(server.received()[0].body["model"], "emb-model");
+}
+
+#[tokio::test]
+async fn preflight_reports_unreachable_endpoints() {
+    let model = build(
+        "openai-compatible:http://127.0.0.1:9/v1#m",
+        &ProviderOptions::default(),
+        &ctx(),
+    )
+    .unwrap();
+    let error = model.preflight().unwrap_err();
+    assert_eq!(error.kind, ModelErrorKind::Config);
+    assert!(error.message.contains("cannot reach"), "{error}");
+    let server = MockServer::start().await;
+    let model = build(
+        &format!("openai-compatible:{}#m", server.openai_base()),
+        &ProviderOptions::default(),
+        &ctx(),
+    )
+    .unwrap();
+    // Blocking connect from a test runtime thread: fine for a one-off check.
+    tokio::task::spawn_blocking(move || model.preflight())
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -243,6 +243,18 @@ fn bad_input_exits_2_with_location_and_hint() {
         stderr(&output)
     );
 
+    project.write(
+        "down.yaml",
+        "prompts: [hi]\nproviders: ['openai-compatible:http://127.0.0.1:9/v1#m']\n",
+    );
+    let output = project.plumb(&["eval", "down.yaml"]);
+    assert_eq!(code(&output), 2);
+    assert!(
+        stderr(&output).contains("down.yaml") && stderr(&output).contains("cannot reach"),
+        "{}",
+        stderr(&output)
+    );
+
     // No run was recorded for any of the bad inputs.
     assert!(stderr(&project.plumb(&["runs", "list"])).contains("no runs yet"));
 }
