@@ -1,8 +1,10 @@
 //! `local:` models: GGUF files run in-process through llama.cpp.
 //!
-//! One model load per file per process, shared by every provider that names it; one generation
-//! at a time per model (llama.cpp contexts must not be created concurrently, and two
-//! generations would only split the same two cores).
+//! Each model file gets one worker thread that owns the loaded model and one llama.cpp
+//! context (contexts are neither `Send` nor safe to create concurrently); requests queue on a
+//! channel and run one at a time (two generations would only split the same cores). The
+//! context's KV cache is kept between requests: a prompt that shares a prefix with the previous
+//! one (every case of a few-shot prompt does) only decodes what is new.
 //!
 //! Sampling is done here, in Rust, over the logits llama.cpp returns, and a JSON-Schema
 //! `response_format` becomes a llama.cpp grammar. The grammar is consulted the cheap way: the
@@ -14,8 +16,10 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -37,13 +41,9 @@ const DEFAULT_MAX_TOKENS: u32 = 256;
 /// When sampling (temperature > 0) without `top_k`, only this many best tokens are considered,
 /// as llama.cpp's own default does; sorting 262k logits every step would dominate the time.
 const DEFAULT_TOP_K: usize = 40;
-
-struct Loaded {
-    model: LlamaModel,
-    template: Option<LlamaChatTemplate>,
-    /// Serializes context creation and generation on this model.
-    lock: Mutex<()>,
-}
+/// The context window when the provider sets no `n_ctx` (grown per request when a prompt needs
+/// more, up to what the model was trained for).
+const DEFAULT_CONTEXT: usize = 4096;
 
 fn backend() -> Result<&'static LlamaBackend, ModelError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
@@ -57,38 +57,110 @@ fn backend() -> Result<&'static LlamaBackend, ModelError> {
         .map_err(|message| local_error(format!("cannot start llama.cpp: {message}")))
 }
 
-fn load(path: &Path) -> Result<Arc<Loaded>, ModelError> {
-    static LOADED: OnceLock<Mutex<HashMap<PathBuf, Arc<Loaded>>>> = OnceLock::new();
-    let cache = LOADED.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut cache = cache
+struct Job {
+    request: ChatRequest,
+    reply: tokio::sync::oneshot::Sender<Result<ChatResponse, ModelError>>,
+}
+
+/// The handle of a model's worker thread.
+struct Worker {
+    jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+/// Settings that shape the worker's context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct WorkerSettings {
+    threads: i32,
+    n_ctx: Option<u32>,
+}
+
+/// Starts (once per file and settings) the worker that owns the model, and waits until the
+/// model is loaded so load errors surface here.
+fn worker(path: &Path, settings: WorkerSettings) -> Result<Arc<Worker>, ModelError> {
+    type Workers = Mutex<HashMap<(PathBuf, WorkerSettings), Arc<Worker>>>;
+    static WORKERS: OnceLock<Workers> = OnceLock::new();
+    let workers = WORKERS.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut workers = workers
         .lock()
-        .map_err(|_| local_error("model cache lock poisoned".to_owned()))?;
-    if let Some(loaded) = cache.get(path) {
-        return Ok(loaded.clone());
+        .map_err(|_| local_error("worker table lock poisoned".to_owned()))?;
+    let key = (path.to_owned(), settings);
+    if let Some(worker) = workers.get(&key) {
+        return Ok(worker.clone());
     }
-    let backend = backend()?;
-    let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(
-        |error| {
+    let (jobs, receiver) = mpsc::channel::<Job>();
+    let (ready_sender, ready) = mpsc::sync_channel::<Result<(), ModelError>>(1);
+    let thread_path = path.to_owned();
+    std::thread::Builder::new()
+        .name("plumb-llama".to_owned())
+        .spawn(move || serve(&thread_path, settings, &ready_sender, &receiver))
+        .map_err(|error| local_error(format!("cannot start the model thread: {error}")))?;
+    ready
+        .recv()
+        .map_err(|_| local_error("the model thread stopped while loading".to_owned()))??;
+    let worker = Arc::new(Worker {
+        jobs: Mutex::new(jobs),
+    });
+    workers.insert(key, worker.clone());
+    Ok(worker)
+}
+
+/// The worker thread: load, then answer jobs one by one, keeping the KV cache between them.
+fn serve(
+    path: &Path,
+    settings: WorkerSettings,
+    ready: &mpsc::SyncSender<Result<(), ModelError>>,
+    jobs: &mpsc::Receiver<Job>,
+) {
+    let loaded = backend().and_then(|backend| {
+        LlamaModel::load_from_file(backend, path, &LlamaModelParams::default()).map_err(|error| {
             ModelError::config(format!("cannot load model `{}`: {error}", path.display()))
                 .with_hint("is it a GGUF file of an architecture llama.cpp supports?")
-        },
-    )?;
-    let template = model.chat_template(None).ok();
-    let loaded = Arc::new(Loaded {
-        model,
-        template,
-        lock: Mutex::new(()),
+        })
     });
-    cache.insert(path.to_owned(), loaded.clone());
-    Ok(loaded)
+    let model = match loaded {
+        Ok(model) => model,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
+    let template = model.chat_template(None).ok();
+    let name = model
+        .meta_val_str("general.name")
+        .unwrap_or_else(|_| "local".to_owned());
+    if ready.send(Ok(())).is_err() {
+        return;
+    }
+    let mut session: Option<Session<'_>> = None;
+    while let Ok(job) = jobs.recv() {
+        let result = generate(
+            &model,
+            template.as_ref(),
+            &name,
+            &mut session,
+            &job.request,
+            settings,
+        );
+        if result.is_err() {
+            // The KV cache may hold half a request; start the next one from scratch.
+            session = None;
+        }
+        let _ = job.reply.send(result);
+    }
+}
+
+/// A context and the tokens whose keys and values it holds, in position order.
+struct Session<'a> {
+    ctx: LlamaContext<'a>,
+    n_ctx: usize,
+    tokens: Vec<LlamaToken>,
 }
 
 pub(crate) struct LocalModel {
     id: String,
     path: PathBuf,
     identity: String,
-    threads: i32,
-    n_ctx: Option<u32>,
+    settings: WorkerSettings,
 }
 
 impl LocalModel {
@@ -115,9 +187,33 @@ impl LocalModel {
             id: id.to_owned(),
             path: path.to_owned(),
             identity: format!("local|{file_name}|{size}"),
-            threads: threads.max(1),
-            n_ctx: options.n_ctx,
+            settings: WorkerSettings {
+                threads: threads.max(1),
+                n_ctx: options.n_ctx,
+            },
         })
+    }
+
+    async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
+        let path = self.path.clone();
+        let settings = self.settings;
+        // Starting a worker loads the model: blocking work, off the async threads.
+        let worker = tokio::task::spawn_blocking(move || worker(&path, settings))
+            .await
+            .map_err(|error| local_error(format!("model start failed: {error}")))??;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        worker
+            .jobs
+            .lock()
+            .map_err(|_| local_error("job queue lock poisoned".to_owned()))?
+            .send(Job {
+                request: request.clone(),
+                reply,
+            })
+            .map_err(|_| local_error("the model thread has stopped".to_owned()))?;
+        answer
+            .await
+            .map_err(|_| local_error("the model thread dropped the request".to_owned()))?
     }
 }
 
@@ -130,22 +226,11 @@ impl ChatModel for LocalModel {
         &'a self,
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
-        let path = self.path.clone();
-        let request = request.clone();
-        let threads = self.threads;
-        let n_ctx = self.n_ctx;
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let loaded = load(&path)?;
-                generate(&loaded, &request, threads, n_ctx)
-            })
-            .await
-            .map_err(|error| local_error(format!("generation task failed: {error}")))?
-        })
+        Box::pin(self.call(request))
     }
 
     fn preflight(&self) -> Result<(), ModelError> {
-        load(&self.path).map(|_| ())
+        worker(&self.path, self.settings).map(|_| ())
     }
 
     fn pricing(&self) -> Option<Pricing> {
@@ -168,8 +253,12 @@ fn local_error(message: String) -> ModelError {
 /// The text the model continues: the model's own chat template when it ships one, otherwise
 /// plain completion text (contents joined by blank lines), which is what base models without a
 /// template do best with.
-fn format_prompt(loaded: &Loaded, messages: &[Message]) -> Result<String, ModelError> {
-    let Some(template) = &loaded.template else {
+fn format_prompt(
+    model: &LlamaModel,
+    template: Option<&LlamaChatTemplate>,
+    messages: &[Message],
+) -> Result<String, ModelError> {
+    let Some(template) = template else {
         return Ok(messages
             .iter()
             .map(|m| m.content.as_str())
@@ -192,14 +281,13 @@ fn format_prompt(loaded: &Loaded, messages: &[Message]) -> Result<String, ModelE
                 format!("invalid message: {error}"),
             )
         })?;
-    loaded
-        .model
+    model
         .apply_chat_template(template, &chat, true)
         .map_err(|error| local_error(format!("cannot apply the model's chat template: {error}")))
 }
 
 fn grammar_for(
-    loaded: &Loaded,
+    model: &LlamaModel,
     format: Option<&ResponseFormat>,
 ) -> Result<Option<LlamaSampler>, ModelError> {
     let schema = match format {
@@ -214,7 +302,7 @@ fn grammar_for(
         )
         .with_hint("local models support the JSON Schema subset of llama.cpp (no external $ref)")
     })?;
-    LlamaSampler::grammar(&loaded.model, &gbnf, "root")
+    LlamaSampler::grammar(model, &gbnf, "root")
         .map(Some)
         .map_err(|error| {
             ModelError::new(
@@ -224,15 +312,60 @@ fn grammar_for(
         })
 }
 
-fn generate(
-    loaded: &Loaded,
-    request: &ChatRequest,
+/// Makes `session` hold a context of at least `n_ctx` tokens, creating it if needed.
+fn ensure_session<'a>(
+    model: &'a LlamaModel,
+    session: &mut Option<Session<'a>>,
+    n_ctx: usize,
     threads: i32,
-    n_ctx: Option<u32>,
+) -> Result<(), ModelError> {
+    if session.as_ref().is_some_and(|s| s.n_ctx >= n_ctx) {
+        return Ok(());
+    }
+    *session = None;
+    let context_params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx as u32))
+        .with_n_batch(n_ctx as u32)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    let ctx = model
+        .new_context(backend()?, context_params)
+        .map_err(|error| local_error(format!("cannot create a context: {error}")))?;
+    *session = Some(Session {
+        ctx,
+        n_ctx,
+        tokens: Vec::new(),
+    });
+    Ok(())
+}
+
+fn decode(
+    ctx: &mut LlamaContext<'_>,
+    tokens: &[LlamaToken],
+    start: usize,
+) -> Result<(), ModelError> {
+    let mut batch = LlamaBatch::new(tokens.len().max(1), 1);
+    let last = tokens.len().saturating_sub(1);
+    for (offset, token) in tokens.iter().enumerate() {
+        batch
+            .add(*token, (start + offset) as i32, &[0], offset == last)
+            .map_err(|error| local_error(format!("batch: {error}")))?;
+    }
+    ctx.decode(&mut batch)
+        .map_err(|error| local_error(format!("decode failed: {error}")))
+}
+
+fn generate<'a>(
+    model: &'a LlamaModel,
+    template: Option<&LlamaChatTemplate>,
+    name: &str,
+    session: &mut Option<Session<'a>>,
+    request: &ChatRequest,
+    settings: WorkerSettings,
 ) -> Result<ChatResponse, ModelError> {
     let params = &request.params;
-    let prompt = format_prompt(loaded, &request.messages)?;
-    let vocab = loaded.model.vocab();
+    let prompt = format_prompt(model, template, &request.messages)?;
+    let vocab = model.vocab();
     let prompt_tokens = vocab.tokenize(prompt.as_bytes(), true, true);
     if prompt_tokens.is_empty() {
         return Err(ModelError::new(
@@ -241,13 +374,14 @@ fn generate(
         ));
     }
     let max_new = params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS) as usize;
-    let train = loaded.model.n_ctx_train() as usize;
-    let needed = prompt_tokens.len() + max_new;
-    let window = match n_ctx {
-        Some(n) => n as usize,
-        None => needed.div_ceil(256) * 256,
-    }
-    .min(train.max(1));
+    let train = (model.n_ctx_train() as usize).max(1);
+    let needed = (prompt_tokens.len() + max_new).next_multiple_of(256);
+    let window = settings
+        .n_ctx
+        .map(|n| n as usize)
+        .unwrap_or(DEFAULT_CONTEXT)
+        .max(needed)
+        .min(train);
     if prompt_tokens.len() >= window {
         return Err(ModelError::new(
             ModelErrorKind::BadRequest,
@@ -259,40 +393,44 @@ fn generate(
         .with_hint("shorten the prompt or raise `n_ctx` in the provider config"));
     }
     let max_new = max_new.min(window - prompt_tokens.len());
+    ensure_session(model, session, window, settings.threads)?;
+    let Some(state) = session.as_mut() else {
+        return Err(local_error("no context".to_owned()));
+    };
 
-    let _guard = loaded
-        .lock
-        .lock()
-        .map_err(|_| local_error("model lock poisoned".to_owned()))?;
-    let context_params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(window as u32))
-        .with_n_batch(window as u32)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads);
-    let mut ctx = loaded
-        .model
-        .new_context(backend()?, context_params)
-        .map_err(|error| local_error(format!("cannot create a context: {error}")))?;
-    let mut grammar = grammar_for(loaded, params.response_format.as_ref())?;
-
-    let mut batch = LlamaBatch::new(prompt_tokens.len().max(1), 1);
-    let last = prompt_tokens.len() - 1;
-    for (index, token) in prompt_tokens.iter().enumerate() {
-        batch
-            .add(*token, index as i32, &[0], index == last)
-            .map_err(|error| local_error(format!("batch: {error}")))?;
+    // Reuse the cached prefix; at least the last prompt token is decoded again for its logits.
+    let mut common = state
+        .tokens
+        .iter()
+        .zip(&prompt_tokens)
+        .take_while(|(a, b)| a == b)
+        .count();
+    common = common.min(prompt_tokens.len() - 1);
+    if common < state.tokens.len() {
+        let removed = state
+            .ctx
+            .clear_kv_cache_seq(Some(0), Some(common as u32), None)
+            .unwrap_or(false);
+        if !removed {
+            state.ctx.clear_kv_cache();
+            common = 0;
+        }
+        state.tokens.truncate(common);
     }
-    ctx.decode(&mut batch)
-        .map_err(|error| local_error(format!("decode failed: {error}")))?;
+    decode(&mut state.ctx, &prompt_tokens[common..], common)?;
+    state.tokens.extend_from_slice(&prompt_tokens[common..]);
 
+    let mut grammar = grammar_for(model, params.response_format.as_ref())?;
     let seed = params.seed.unwrap_or_else(|| fastrand::u64(..));
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut output: Vec<u8> = Vec::new();
     let mut generated = 0u64;
     let mut finish = FinishReason::Length;
     let mut stop_at: Option<usize> = None;
-    for position in (prompt_tokens.len() as i32..).take(max_new) {
-        let mut candidates = ctx.token_data_array_ith(batch.n_tokens() - 1);
+    // Logits of the last decoded token: index within the last batch.
+    let mut logits_index = (prompt_tokens.len() - common - 1) as i32;
+    for _ in 0..max_new {
+        let mut candidates = state.ctx.token_data_array_ith(logits_index);
         let token = choose(&mut candidates, grammar.as_mut(), params, &mut rng)?;
         if let Some(grammar) = grammar.as_mut() {
             grammar.try_accept(token).map_err(|error| {
@@ -318,12 +456,9 @@ fn generate(
                 break;
             }
         }
-        batch.clear();
-        batch
-            .add(token, position, &[0], true)
-            .map_err(|error| local_error(format!("batch: {error}")))?;
-        ctx.decode(&mut batch)
-            .map_err(|error| local_error(format!("decode failed: {error}")))?;
+        decode(&mut state.ctx, &[token], state.tokens.len())?;
+        state.tokens.push(token);
+        logits_index = 0;
     }
     let mut content = String::from_utf8_lossy(&output).into_owned();
     if let Some(index) = stop_at {
@@ -336,16 +471,9 @@ fn generate(
             prompt_tokens: prompt_tokens.len() as u64,
             completion_tokens: generated,
         },
-        model: Some(loaded_name(loaded)),
+        model: Some(name.to_owned()),
         ..ChatResponse::default()
     })
-}
-
-fn loaded_name(loaded: &Loaded) -> String {
-    loaded
-        .model
-        .meta_val_str("general.name")
-        .unwrap_or_else(|_| "local".to_owned())
 }
 
 /// Picks the next token: greedy at temperature 0 (or unset), else top-k / top-p / temperature

@@ -156,3 +156,58 @@ async fn minilm_embeddings_rank_meaning() {
         .fold(0.0, f32::max);
     assert!(drift < 1e-4, "{drift}");
 }
+
+#[tokio::test]
+async fn reused_prefixes_do_not_change_answers() {
+    let model = gemma();
+    let params = ModelParams {
+        temperature: Some(0.0),
+        max_tokens: Some(6),
+        ..Default::default()
+    };
+    let shared = "Review: I love it.\nSentiment: positive\n\nReview: Awful.\nSentiment: negative\n\nReview: ";
+    let first = model
+        .chat(&ask(
+            &format!("{shared}Great value!\nSentiment:"),
+            params.clone(),
+        ))
+        .await
+        .unwrap();
+    let other = model
+        .chat(&ask(
+            &format!("{shared}Never again.\nSentiment:"),
+            params.clone(),
+        ))
+        .await
+        .unwrap();
+    let again = model
+        .chat(&ask(
+            &format!("{shared}Great value!\nSentiment:"),
+            params.clone(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(first.content, again.content);
+    assert_ne!(
+        first.content, other.content,
+        "different reviews, same answer: {first:?}"
+    );
+    // A shorter prompt after a longer one (the cache must be cut back, not appended to).
+    let short = model
+        .chat(&ask("Review: Great value!\nSentiment:", params.clone()))
+        .await
+        .unwrap();
+    let long = model
+        .chat(&ask(
+            &format!("{shared}Great value!\nSentiment:"),
+            params.clone(),
+        ))
+        .await
+        .unwrap();
+    let short_again = model
+        .chat(&ask("Review: Great value!\nSentiment:", params))
+        .await
+        .unwrap();
+    assert_eq!(short.content, short_again.content);
+    assert_eq!(long.content, first.content);
+}
