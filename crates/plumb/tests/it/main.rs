@@ -371,6 +371,58 @@ fn fail_on_regression_needs_a_significant_drop() {
 }
 
 #[test]
+fn ctrl_c_keeps_finished_cases_and_resume_completes_the_run() {
+    let project = Project::new();
+    let tests: String = (0..40)
+        .map(|i| format!("  - vars: {{n: '{i}'}}\n"))
+        .collect();
+    project.write(
+        "suite.yaml",
+        &format!("prompts: ['case {{{{ n }}}}']\nproviders:\n  - id: echo\n    config: {{latency_ms: 100}}\ndefaultTest:\n  assert: [{{type: contains, value: case}}]\ntests:\n{tests}"),
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(["eval", "suite.yaml", "--no-progress", "-j", "1"])
+        .current_dir(project.dir.path())
+        .env("NO_COLOR", "1")
+        .env("PLUMB_DB", project.path(".plumb/plumb.db"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(code(&output), 130, "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(err.contains("--resume"), "{err}");
+    let run_id = err
+        .split("--resume ")
+        .nth(1)
+        .unwrap()
+        .split('`')
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let partial = stdout(&output);
+    assert!(partial.contains("(interrupted)"), "{partial}");
+
+    let resumed = project.plumb(&["eval", "--resume", &run_id, "--no-progress"]);
+    assert_eq!(code(&resumed), 0, "{}", stderr(&resumed));
+    assert!(stdout(&resumed).contains("40/40"), "{}", stdout(&resumed));
+    let list = stdout(&project.plumb(&["runs", "list"]));
+    assert_eq!(
+        list.lines().filter(|l| l.contains("completed")).count(),
+        1,
+        "{list}"
+    );
+}
+
+#[test]
 fn init_scaffolds_a_project_that_runs_on_the_local_model() {
     let project = Project::new();
     let output = project.plumb(&["init"]);
