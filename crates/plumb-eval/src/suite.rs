@@ -333,9 +333,14 @@ fn compile(
 }
 
 fn default_label(text: &str) -> String {
+    shorten(text, 40)
+}
+
+/// `text` on one line, cut at `limit` characters with an ellipsis.
+fn shorten(text: &str, limit: usize) -> String {
     let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one_line.chars().count() > 40 {
-        format!("{}…", one_line.chars().take(40).collect::<String>())
+    if one_line.chars().count() > limit {
+        format!("{}…", one_line.chars().take(limit).collect::<String>())
     } else {
         one_line
     }
@@ -851,7 +856,8 @@ fn describe_vars(vars: &IndexMap<String, Value>) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    default_label(&text)
+    // Long enough to tell tests apart in reports; terminals cut it further.
+    shorten(&text, 120)
 }
 
 #[cfg(test)]
