@@ -411,7 +411,11 @@ fn generate<'a>(
             .ctx
             .clear_kv_cache_seq(Some(0), Some(common as u32), None)
             .unwrap_or(false);
-        if !removed {
+        // Sliding-window layers (Gemma 3) drop keys older than their window once a sequence
+        // grows past it; a prefix whose early positions are gone cannot be continued. The
+        // cache then starts after position 0, and everything is decoded again.
+        let pruned = state.ctx.kv_cache_seq_pos_min(0) > 0;
+        if !removed || pruned {
             state.ctx.clear_kv_cache();
             common = 0;
         }

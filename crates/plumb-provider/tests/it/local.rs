@@ -211,3 +211,37 @@ async fn reused_prefixes_do_not_change_answers() {
     assert_eq!(short.content, short_again.content);
     assert_eq!(long.content, first.content);
 }
+
+#[tokio::test]
+async fn long_prompts_answer_the_same_after_other_requests() {
+    let model = gemma();
+    let params = ModelParams {
+        temperature: Some(0.0),
+        max_tokens: Some(8),
+        ..Default::default()
+    };
+    // Well past Gemma 3's 512-token sliding window, diverging early: the second prompt shares
+    // only a short prefix with the first. Whatever the cache keeps, the answer to the same
+    // prompt must not depend on what ran before it.
+    let story = |colour: &str| -> String {
+        let lines: String = (0..160)
+            .map(|i| format!("Line {i}: the sky is {colour}. "))
+            .collect();
+        format!("A story.\n{lines}\nQuestion: what colour is the sky?\nAnswer:")
+    };
+    let first = model
+        .chat(&ask(&story("blue"), params.clone()))
+        .await
+        .unwrap();
+    assert!(
+        first.usage.prompt_tokens > 600,
+        "{}",
+        first.usage.prompt_tokens
+    );
+    let _other = model
+        .chat(&ask(&story("green"), params.clone()))
+        .await
+        .unwrap();
+    let again = model.chat(&ask(&story("blue"), params)).await.unwrap();
+    assert_eq!(first.content, again.content);
+}
