@@ -245,3 +245,29 @@ async fn long_prompts_answer_the_same_after_other_requests() {
     let again = model.chat(&ask(&story("blue"), params)).await.unwrap();
     assert_eq!(first.content, again.content);
 }
+
+#[tokio::test]
+async fn chat_models_get_their_own_chat_template() {
+    let ctx = ProviderContext::new(Path::new("."));
+    let model = match build("local:smollm2-135m", &ProviderOptions::default(), &ctx) {
+        Ok(model) => model,
+        Err(error) => {
+            panic!("{error} — run `scripts/test.sh` or `plumb models pull smollm2-135m` first")
+        }
+    };
+    let request = ChatRequest {
+        messages: vec![
+            Message::new(Role::System, "You are a helpful assistant."),
+            Message::new(Role::User, "What is 2 + 2? Answer with a number."),
+        ],
+        params: ModelParams {
+            temperature: Some(0.0),
+            max_tokens: Some(12),
+            ..Default::default()
+        },
+    };
+    let response = model.chat(&request).await.unwrap();
+    // ChatML applied: the instruction model answers instead of continuing the text.
+    assert!(response.content.contains('4'), "{response:?}");
+    assert!(!response.content.contains("<|im_start|>"), "{response:?}");
+}
