@@ -9,7 +9,7 @@ use indexmap::IndexMap;
 use plumb_store::{RunRecord, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::runner::{CaseResult, RunConfig};
+use crate::runner::CaseResult;
 use crate::stats;
 use crate::suite::Thresholds;
 
@@ -110,7 +110,6 @@ struct CellAccumulator {
 
 /// Streams the run's results from the store into a summary.
 pub fn summarize(store: &dyn Store, run: &RunRecord) -> Result<(Summary, Outcomes), StoreError> {
-    let config: Option<RunConfig> = serde_json::from_str(&run.config).ok();
     let mut cells: BTreeMap<(u32, u32), CellAccumulator> = BTreeMap::new();
     let mut outcomes: Outcomes = HashMap::new();
     let mut failures: Vec<Failure> = Vec::new();
@@ -272,7 +271,6 @@ pub fn summarize(store: &dyn Store, run: &RunRecord) -> Result<(Summary, Outcome
         comparisons,
         failures,
     };
-    let _ = config;
     Ok((summary, outcomes))
 }
 

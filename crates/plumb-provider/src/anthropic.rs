@@ -72,14 +72,7 @@ impl AnthropicModel {
     }
 
     fn missing_key(&self) -> ModelError {
-        ModelError::config(format!(
-            "provider `{}` needs an API key in `{}`",
-            self.id, self.api_key_env
-        ))
-        .with_hint(format!(
-            "export {}=... or replay recorded answers with `--cache read-only`",
-            self.api_key_env
-        ))
+        http::missing_key(&self.id, &self.api_key_env)
     }
 
     async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {

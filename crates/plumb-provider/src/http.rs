@@ -182,6 +182,16 @@ pub(crate) fn check_reachable(url: &str) -> Result<(), ModelError> {
     Err(unreachable(last))
 }
 
+/// The error of an API provider built without its key.
+pub(crate) fn missing_key(provider: &str, env_name: &str) -> ModelError {
+    ModelError::config(format!(
+        "provider `{provider}` needs an API key in `{env_name}`"
+    ))
+    .with_hint(format!(
+        "export {env_name}=... or replay recorded answers with `--cache read-only`"
+    ))
+}
+
 pub(crate) fn api_key(env_name: &str) -> Option<String> {
     std::env::var(env_name)
         .ok()

@@ -142,6 +142,20 @@ pub struct Finished {
     pub outcome: Outcome,
 }
 
+/// Installs an embedded model named `local:<catalog name>` on first use.
+fn pull_if_missing(id: &str, ctx: &ProviderContext) -> anyhow::Result<()> {
+    if let Some(name) = id.strip_prefix("local:")
+        && let Some(entry) = models::entry(name)
+        && !models::installed_path(entry, &ctx.models_dir).exists()
+    {
+        eprintln!("plumb: model `{name}` is not installed; pulling it now (once)…");
+        for line in models::pull(&[entry], &ctx.models_dir, false)? {
+            eprintln!("  {line}");
+        }
+    }
+    Ok(())
+}
+
 /// Builds the suite's models, pulling embedded models that are not installed yet.
 fn build_models(
     suite: &Suite,
@@ -158,16 +172,7 @@ fn build_models(
             located.message = format!("provider `{}` config: {error}", spec.id);
             located
         })?;
-        if let Some(name) = spec.id.strip_prefix("local:")
-            && let Some(entry) = models::entry(name)
-            && !models::installed_path(entry, &ctx.models_dir).exists()
-        {
-            eprintln!("plumb: local model `{name}` is not installed; pulling it now (once)…");
-            let report = models::pull(&[entry], &ctx.models_dir, false)?;
-            for line in report {
-                eprintln!("  {line}");
-            }
-        }
+        pull_if_missing(&spec.id, ctx)?;
         let model = plumb_provider::build(&spec.id, &options, ctx)
             .map_err(|error| locate(error, &spec.location))?;
         if check_ready {
@@ -188,15 +193,7 @@ fn build_embedders(
 ) -> anyhow::Result<HashMap<String, Arc<dyn Embedder>>> {
     let mut built = HashMap::new();
     for id in suite.embedders() {
-        if let Some(name) = id.strip_prefix("local:")
-            && let Some(entry) = models::entry(name)
-            && !models::installed_path(entry, &ctx.models_dir).exists()
-        {
-            eprintln!("plumb: embedding model `{name}` is not installed; pulling it now (once)…");
-            for line in models::pull(&[entry], &ctx.models_dir, false)? {
-                eprintln!("  {line}");
-            }
-        }
+        pull_if_missing(&id, ctx)?;
         let embedder = plumb_provider::build_embedder(&id, &ProviderOptions::default(), ctx)
             .map_err(|error| {
                 let mut located =
