@@ -97,7 +97,14 @@ pub fn write_file(
     });
     if let Err(error) = finished {
         let _ = std::fs::remove_file(&partial);
-        return Err(error);
+        // The format writers do not know the file; name it here, once.
+        return Err(match error {
+            ReportError::Io { source, .. } => ReportError::Io {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        });
     }
     drop(out);
     std::fs::rename(&partial, path).map_err(io)
