@@ -19,7 +19,15 @@ struct RawPromptFile {
     name: String,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    risk: Option<Risk>,
+    #[serde(default)]
+    tags: Vec<String>,
     messages: Vec<RawMessage>,
+    #[serde(default)]
+    examples: Vec<Example>,
     #[serde(default)]
     params: RawParams,
     #[serde(default)]
@@ -175,14 +183,72 @@ pub struct MessageTemplate {
     pub content: String,
 }
 
+/// How much harm a bad answer from this prompt can do; policies and reviews key off it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Risk {
+    Low,
+    Medium,
+    High,
+}
+
+impl Risk {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::Low => "low",
+            Risk::Medium => "medium",
+            Risk::High => "high",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Risk> {
+        match text {
+            "low" => Some(Risk::Low),
+            "medium" => Some(Risk::Medium),
+            "high" => Some(Risk::High),
+            _ => None,
+        }
+    }
+}
+
+/// One few-shot demonstration: sent verbatim (never rendered as a template) as a user turn and
+/// the assistant's answer, after the leading system/developer messages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Example {
+    pub input: String,
+    pub output: String,
+}
+
 /// A resolved prompt file.
+///
+/// `name`, `description`, `owner`, `risk` and `tags` describe the prompt; everything else is its
+/// content, which `content_hash` covers: two files with the same content are the same version.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PromptFile {
     pub name: String,
     pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<Risk>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     pub messages: Vec<MessageTemplate>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<Example>,
     pub params: ModelParams,
     pub variables: IndexMap<String, Variable>,
+}
+
+/// The part of a prompt file that makes a version: what is sent to the model.
+#[derive(Serialize)]
+struct Content<'a> {
+    messages: &'a [MessageTemplate],
+    #[serde(skip_serializing_if = "<[Example]>::is_empty")]
+    examples: &'a [Example],
+    params: &'a ModelParams,
+    variables: &'a IndexMap<String, Variable>,
 }
 
 impl PromptFile {
@@ -252,13 +318,70 @@ impl PromptFile {
                 },
             );
         }
+        if let Err(problem) = check_name(&raw.name) {
+            return Err(fail(format!("name `{}`: {problem}", raw.name)));
+        }
+        for (index, example) in raw.examples.iter().enumerate() {
+            if example.input.trim().is_empty() || example.output.trim().is_empty() {
+                return Err(fail(format!(
+                    "examples[{index}]: `input` and `output` must both be non-empty"
+                )));
+            }
+        }
         Ok(PromptFile {
             name: raw.name,
             description: raw.description,
+            owner: raw.owner,
+            risk: raw.risk,
+            tags: raw.tags,
             messages,
+            examples: raw.examples,
             params,
             variables,
         })
+    }
+
+    /// Parses a prompt file sent as JSON (the HTTP API): same shape and checks as the YAML.
+    pub fn from_json(value: Value, origin: &Path) -> Result<PromptFile, SourceError> {
+        let text = serde_json::to_string(&value).map_err(|error| {
+            SourceError::in_file(origin, format!("cannot read prompt: {error}"))
+        })?;
+        // JSON is YAML: one parser, one set of messages with field names and suggestions.
+        PromptFile::parse(&text, origin)
+    }
+
+    /// A prompt of plain message templates, as suites write them inline.
+    pub fn from_messages(name: String, messages: Vec<MessageTemplate>) -> PromptFile {
+        PromptFile {
+            name,
+            description: None,
+            owner: None,
+            risk: None,
+            tags: Vec::new(),
+            messages,
+            examples: Vec::new(),
+            params: ModelParams::default(),
+            variables: IndexMap::new(),
+        }
+    }
+
+    /// Hash of the content (messages, few-shot examples, parameters, variables): the identity
+    /// of a version. Name and descriptive metadata are left out, so renaming or re-describing a
+    /// prompt is not a new version, and an eval of a working file counts for the registry
+    /// version with the same content.
+    pub fn content_hash(&self) -> String {
+        let content = Content {
+            messages: &self.messages,
+            examples: &self.examples,
+            params: &self.params,
+            variables: &self.variables,
+        };
+        // Serializing these plain types cannot fail; an empty string would still hash.
+        plumb_core::hash_hex(
+            serde_json::to_string(&content)
+                .unwrap_or_default()
+                .as_bytes(),
+        )
     }
 
     pub fn load(path: &Path) -> Result<PromptFile, SourceError> {
@@ -267,6 +390,31 @@ impl PromptFile {
         })?;
         PromptFile::parse(&text, path)
     }
+}
+
+fn push_examples(examples: &[Example], into: &mut Vec<Message>) {
+    for example in examples {
+        into.push(Message::new(Role::User, example.input.clone()));
+        into.push(Message::new(Role::Assistant, example.output.clone()));
+    }
+}
+
+/// Prompt names are used in references (`triage@production`), file names and URLs.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 100 {
+        return Err("a name must have 1 to 100 characters".to_owned());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || name.starts_with('.')
+    {
+        return Err(
+            "a name may contain only letters, digits, `-`, `_` and `.` (and not start with `.`)"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// Accepts OpenAI's `{type: json_schema, json_schema: {name, schema}}`, `{type: json_object}`,
@@ -350,13 +498,26 @@ impl PromptTemplate {
                 },
             }
         }
-        let mut messages = Vec::with_capacity(self.file.messages.len());
+        let mut messages =
+            Vec::with_capacity(self.file.messages.len() + 2 * self.file.examples.len());
+        let leading = self
+            .file
+            .messages
+            .iter()
+            .take_while(|m| matches!(m.role, Role::System | Role::Developer))
+            .count();
         for (index, message) in self.file.messages.iter().enumerate() {
+            if index == leading {
+                push_examples(&self.file.examples, &mut messages);
+            }
             let convert =
                 |error: minijinja::Error| template::convert(&error, &message.content, &context);
             let template = self.env.get_template(&index.to_string()).map_err(convert)?;
             let content = template.render(Serde(&context)).map_err(convert)?;
             messages.push(Message::new(message.role, content));
+        }
+        if leading == self.file.messages.len() {
+            push_examples(&self.file.examples, &mut messages);
         }
         Ok(messages)
     }

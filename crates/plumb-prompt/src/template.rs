@@ -96,6 +96,42 @@ pub(crate) fn convert(
     }
 }
 
+/// The variables a template reads from its context, in order of first use; names defined by
+/// the template itself (`set`, loop variables) and globals such as `range` are left out.
+pub fn free_variables(source: &str) -> Result<Vec<String>, RenderError> {
+    if !is_template(source) {
+        return Ok(Vec::new());
+    }
+    let env = environment();
+    let template = env
+        .template_from_str(source)
+        .map_err(|error| convert(&error, source, &Map::new()))?;
+    let mut free: Vec<String> = template
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|name| env.globals().all(|(global, _)| global != name))
+        .collect();
+    free.sort_by_key(|name| (first_use(source, name), name.clone()));
+    Ok(free)
+}
+
+/// Byte offset of the first use of `name` as a whole word in `source`.
+pub fn first_use(source: &str, name: &str) -> usize {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut from = 0;
+    while let Some(found) = source[from..].find(name) {
+        let start = from + found;
+        let end = start + name.len();
+        let before = source[..start].chars().next_back();
+        let after = source[end..].chars().next();
+        if !before.is_some_and(is_word) && !after.is_some_and(is_word) {
+            return start;
+        }
+        from = end;
+    }
+    usize::MAX
+}
+
 fn missing_variable(source: &str, vars: &Map<String, Value>) -> Option<String> {
     let env = environment();
     let template = env.template_from_str(source).ok()?;
