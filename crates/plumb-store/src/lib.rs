@@ -1,14 +1,22 @@
-//! Persistence for plumb: eval runs, their case results and the response cache.
+//! Persistence for plumb: eval runs, their case results, the response cache, and the prompt
+//! registry (versions, labels, audit log, API keys).
 //!
 //! The `Store` trait is what the rest of plumb sees; `SqliteStore` (WAL, at `.plumb/plumb.db`)
 //! is the embedded default. Case results are stored as indexed columns (what queries and
 //! comparisons need) plus an opaque JSON payload owned by the eval crate, so this crate knows
 //! nothing of assertions or reports.
 
+mod registry;
 mod sqlite;
+mod sqlite_registry;
 
 use std::path::PathBuf;
 
+pub use registry::{
+    ApiKeyRecord, AuditEntry, AuditFilter, Deprecation, ImportOutcome, LabelMove, LabelRecord,
+    MoveKind, NewAudit, NewLabelMove, NewVersion, PromptBundle, PromptMeta, PromptRecord,
+    PushOutcome, RegistryStore, VersionRecord,
+};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +45,14 @@ pub enum StoreError {
     },
     #[error("internal store error: {0}")]
     Internal(String),
+    /// A concurrent writer changed what the caller based its write on.
+    #[error("{0}")]
+    Conflict(String),
+    /// The write refers to something that is not there (a prompt, version or key).
+    #[error("{0}")]
+    NotFound(String),
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::{CaseKey, CaseRecord, RunRecord, RunStatus, Store, StoreError};
 
 /// Each entry migrates from schema `index` to `index + 1`. Append only; never edit a shipped one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE runs (
         id          TEXT PRIMARY KEY,
         created_at  INTEGER NOT NULL,
@@ -37,7 +38,85 @@ const MIGRATIONS: &[&str] = &[r#"
         value      TEXT NOT NULL,
         created_at INTEGER NOT NULL
     );
-"#];
+"#,
+    r#"
+    CREATE TABLE prompts (
+        name        TEXT PRIMARY KEY,
+        created_at  INTEGER NOT NULL,
+        meta        TEXT NOT NULL,
+        deprecation TEXT
+    );
+    CREATE TABLE prompt_versions (
+        name       TEXT NOT NULL REFERENCES prompts(name),
+        version    INTEGER NOT NULL,
+        hash       TEXT NOT NULL,
+        semver     TEXT,
+        message    TEXT NOT NULL,
+        author     TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        content    TEXT NOT NULL,
+        PRIMARY KEY (name, version),
+        UNIQUE (name, semver)
+    );
+    CREATE TABLE labels (
+        name       TEXT NOT NULL REFERENCES prompts(name),
+        label      TEXT NOT NULL,
+        version    INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        updated_by TEXT NOT NULL,
+        PRIMARY KEY (name, label),
+        FOREIGN KEY (name, version) REFERENCES prompt_versions(name, version)
+    );
+    CREATE TABLE label_moves (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        name         TEXT NOT NULL REFERENCES prompts(name),
+        label        TEXT NOT NULL,
+        from_version INTEGER,
+        to_version   INTEGER,
+        kind         TEXT NOT NULL,
+        at           INTEGER NOT NULL,
+        actor        TEXT NOT NULL
+    );
+    CREATE INDEX label_moves_by_prompt ON label_moves (name, id);
+    CREATE TABLE audit (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        at      INTEGER NOT NULL,
+        actor   TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        target  TEXT NOT NULL,
+        reason  TEXT,
+        before  TEXT,
+        after   TEXT,
+        forced  INTEGER NOT NULL DEFAULT 0,
+        details TEXT
+    );
+    CREATE INDEX audit_by_target ON audit (target, id);
+    CREATE TABLE api_keys (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL,
+        role         TEXT NOT NULL,
+        hash         TEXT NOT NULL UNIQUE,
+        created_at   INTEGER NOT NULL,
+        created_by   TEXT NOT NULL,
+        revoked_at   INTEGER,
+        last_used_at INTEGER
+    );
+    -- Versions, label history and the audit log are history: plumb never rewrites them, and
+    -- the database refuses to as well.
+    CREATE TRIGGER prompt_versions_immutable BEFORE UPDATE ON prompt_versions
+        BEGIN SELECT RAISE(ABORT, 'prompt versions are immutable'); END;
+    CREATE TRIGGER prompt_versions_kept BEFORE DELETE ON prompt_versions
+        BEGIN SELECT RAISE(ABORT, 'prompt versions are immutable'); END;
+    CREATE TRIGGER label_moves_immutable BEFORE UPDATE ON label_moves
+        BEGIN SELECT RAISE(ABORT, 'label history is append-only'); END;
+    CREATE TRIGGER label_moves_kept BEFORE DELETE ON label_moves
+        BEGIN SELECT RAISE(ABORT, 'label history is append-only'); END;
+    CREATE TRIGGER audit_immutable BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_kept BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#,
+];
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -81,6 +160,24 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Runs `work` with the connection, for work that returns `StoreError`s of its own.
+    pub(crate) fn with_connection<T>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self
+            .connection
+            .lock()
+            .map_err(|_| StoreError::Internal("connection lock poisoned".into()))?;
+        work(&mut connection).map_err(|error| match error {
+            StoreError::Db(source) => StoreError::Sqlite {
+                path: self.path.clone(),
+                source,
+            },
+            other => other,
+        })
     }
 
     fn with<T>(
@@ -139,7 +236,7 @@ fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
 
 const RUN_COLUMNS: &str = "id, created_at, suite_path, description, status, config, summary";
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
