@@ -16,5 +16,8 @@ pub mod summary;
 pub use runner::{
     Backends, CacheMode, CaseResult, Observer, RunError, RunOptions, RunOutcome, Silent, run,
 };
-pub use suite::{ProviderSpec, Suite, TestCase, Thresholds};
+pub use suite::{
+    NoRegistry, PromptSource, ProviderSpec, RegistryVersion, ResolvedPrompt, Suite, TestCase,
+    Thresholds,
+};
 pub use summary::{Summary, gate, summarize};

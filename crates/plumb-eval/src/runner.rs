@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 
 use crate::assertion::{self, AssertionResult, Embeddings, Output};
+use crate::suite::RegistryVersion;
 use crate::suite::{Suite, render_messages};
 
 /// Results are written in one transaction per batch of this many, or sooner (`FLUSH_EVERY`).
@@ -50,6 +51,9 @@ pub struct CaseResult {
     pub test_idx: u32,
     pub repeat_idx: u32,
     pub prompt: String,
+    /// The content hash of the prompt version this case ran.
+    #[serde(default)]
+    pub prompt_hash: String,
     pub provider: String,
     pub test: String,
     pub vars: Map<String, Value>,
@@ -134,6 +138,10 @@ pub struct RunOutcome {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunConfig {
     pub suite_path: String,
+    /// The suite's canonical absolute path: how promotion policies find runs of a suite
+    /// whatever directory `plumb eval` ran in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite_abs: Option<String>,
     pub suite_hash: String,
     pub options: RunOptions,
     pub prompts: Vec<PromptInfo>,
@@ -145,12 +153,17 @@ pub struct RunConfig {
 pub struct PromptInfo {
     pub label: String,
     pub hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryVersion>,
 }
 
 impl RunConfig {
     pub fn new(suite: &Suite, options: &RunOptions) -> RunConfig {
         RunConfig {
             suite_path: suite.path.display().to_string(),
+            suite_abs: std::fs::canonicalize(&suite.path)
+                .ok()
+                .map(|p| p.display().to_string()),
             suite_hash: suite.content_hash.clone(),
             options: options.clone(),
             prompts: suite
@@ -159,6 +172,7 @@ impl RunConfig {
                 .map(|p| PromptInfo {
                     label: p.label.clone(),
                     hash: p.hash.clone(),
+                    registry: p.registry.clone(),
                 })
                 .collect(),
             providers: suite.providers.iter().map(|p| p.label.clone()).collect(),
@@ -400,6 +414,7 @@ impl Job {
             test_idx: self.key.test_idx,
             repeat_idx: self.key.repeat_idx,
             prompt: prompt.label.clone(),
+            prompt_hash: prompt.hash.clone(),
             provider: provider.label.clone(),
             test: test.description.clone(),
             vars: test.vars.clone(),

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use plumb_core::{Message, ModelParams, Role, SourceError, did_you_mean, hash_hex};
 use plumb_prompt::{
-    MessageTemplate, PromptFile, PromptTemplate, RawParams, parse_response_format, yaml,
+    MessageTemplate, PromptFile, PromptRef, PromptTemplate, RawParams, parse_response_format, yaml,
 };
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use serde_saphyr::Spanned;
 
@@ -43,8 +44,42 @@ pub struct SuitePrompt {
     /// A plain-text prompt (inline or .txt): if it renders to a JSON list of messages, those are
     /// the messages (promptfoo's chat-JSON prompts); otherwise it is one user message.
     pub raw: bool,
-    /// Hash of the prompt's content (messages, params, variables).
+    /// Hash of the prompt's content (`PromptFile::content_hash`): the same for a working file
+    /// and the registry version pushed from it.
     pub hash: String,
+    /// The registry version this prompt came from, for `name@label` / `name@N` references.
+    pub registry: Option<RegistryVersion>,
+}
+
+/// A registry prompt version, as resolved when the suite was loaded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryVersion {
+    pub name: String,
+    pub version: u64,
+}
+
+/// A prompt version a `PromptSource` resolved.
+#[derive(Clone, Debug)]
+pub struct ResolvedPrompt {
+    pub file: PromptFile,
+    pub version: u64,
+}
+
+/// Where suites get registry prompts (`triage@production`, `triage@7`) from. The CLI passes the
+/// project's registry; `NoRegistry` makes every reference an error that says so.
+pub trait PromptSource {
+    fn resolve(&self, reference: &PromptRef) -> Result<ResolvedPrompt, String>;
+}
+
+#[derive(Debug)]
+pub struct NoRegistry;
+
+impl PromptSource for NoRegistry {
+    fn resolve(&self, reference: &PromptRef) -> Result<ResolvedPrompt, String> {
+        Err(format!(
+            "`{reference}` is a registry prompt, and no registry is open here"
+        ))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -109,7 +144,13 @@ fn with_message(base: &SourceError, message: impl Into<String>) -> SourceError {
 }
 
 impl Suite {
+    /// Loads a suite whose prompts are files or inline text (registry references fail).
     pub fn load(path: &Path) -> Result<Suite, SourceError> {
+        Suite::load_with(path, &NoRegistry)
+    }
+
+    /// Loads a suite, resolving `name@label` / `name@N` prompts through `registry`.
+    pub fn load_with(path: &Path, registry: &dyn PromptSource) -> Result<Suite, SourceError> {
         let text = std::fs::read_to_string(path).map_err(|error| {
             SourceError::in_file(path, format!("cannot read suite: {error}"))
                 .with_hint("give the path to a suite YAML file, or run `plumb init` to create one")
@@ -126,7 +167,7 @@ impl Suite {
         let mut prompts = Vec::new();
         for (index, entry) in raw.prompts.value.0.into_iter().enumerate() {
             let at = with_message(&prompts_at, "");
-            prompts.extend(resolve_prompt(entry, index, &base_dir, &at)?);
+            prompts.extend(resolve_prompt(entry, index, &base_dir, &at, registry)?);
         }
         if prompts.is_empty() {
             return Err(with_message(&prompts_at, "`prompts` is empty")
@@ -189,23 +230,7 @@ impl Suite {
             )?;
         }
 
-        let thresholds = match raw.thresholds {
-            Some(raw) => {
-                if let Some(rate) = raw.pass_rate
-                    && !(0.0..=1.0).contains(&rate)
-                {
-                    return Err(SourceError::in_file(
-                        path,
-                        format!("thresholds.pass_rate must be in [0, 1], got {rate}"),
-                    ));
-                }
-                Thresholds {
-                    pass_rate: raw.pass_rate,
-                    metrics: raw.metrics,
-                }
-            }
-            None => Thresholds::default(),
-        };
+        let thresholds = resolve_thresholds(raw.thresholds, path)?;
         let (max_concurrency, repeat) = match raw.evaluate_options {
             Some(options) => (options.max_concurrency, options.repeat),
             None => (None, None),
@@ -228,6 +253,18 @@ impl Suite {
         };
         suite.check_renders()?;
         Ok(suite)
+    }
+
+    /// The suite file's content hash and thresholds, without resolving its prompts, providers
+    /// or tests: what a promotion policy needs to judge a stored run of it.
+    pub fn gate_of(path: &Path) -> Result<(String, Thresholds), SourceError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| SourceError::in_file(path, format!("cannot read suite: {error}")))?;
+        let raw: RawSuite = yaml::from_str(&text, path)?;
+        Ok((
+            hash_hex(text.as_bytes()),
+            resolve_thresholds(raw.thresholds, path)?,
+        ))
     }
 
     /// The embedder ids the suite's `similar` assertions use.
@@ -276,6 +313,27 @@ impl Suite {
     }
 }
 
+fn resolve_thresholds(
+    raw: Option<crate::raw::RawThresholds>,
+    path: &Path,
+) -> Result<Thresholds, SourceError> {
+    let Some(raw) = raw else {
+        return Ok(Thresholds::default());
+    };
+    if let Some(rate) = raw.pass_rate
+        && !(0.0..=1.0).contains(&rate)
+    {
+        return Err(SourceError::in_file(
+            path,
+            format!("thresholds.pass_rate must be in [0, 1], got {rate}"),
+        ));
+    }
+    Ok(Thresholds {
+        pass_rate: raw.pass_rate,
+        metrics: raw.metrics,
+    })
+}
+
 /// Renders a suite prompt for one test: the messages to send.
 pub fn render_messages(
     prompt: &SuitePrompt,
@@ -302,17 +360,34 @@ fn inline_prompt(
     raw: bool,
     at: &SourceError,
 ) -> Result<SuitePrompt, SourceError> {
-    let file = PromptFile {
-        name: label.clone(),
-        description: None,
-        messages: vec![MessageTemplate {
+    let file = PromptFile::from_messages(
+        label.clone(),
+        vec![MessageTemplate {
             role: Role::User,
             content: text,
         }],
-        params: ModelParams::default(),
-        variables: IndexMap::new(),
-    };
+    );
     compile(file, label, raw, at)
+}
+
+fn registry_prompt(
+    reference: &str,
+    label: String,
+    registry: &dyn PromptSource,
+    at: &SourceError,
+) -> Result<SuitePrompt, SourceError> {
+    let parsed = PromptRef::parse(reference).map_err(|message| with_message(at, message))?;
+    let resolved = registry.resolve(&parsed).map_err(|message| {
+        with_message(at, message).with_hint(
+            "`plumb prompt list` shows the registry; push prompt files with `plumb prompt push`",
+        )
+    })?;
+    let mut prompt = compile(resolved.file, label, false, at)?;
+    prompt.registry = Some(RegistryVersion {
+        name: parsed.name,
+        version: resolved.version,
+    });
+    Ok(prompt)
 }
 
 fn compile(
@@ -321,7 +396,7 @@ fn compile(
     raw: bool,
     at: &SourceError,
 ) -> Result<SuitePrompt, SourceError> {
-    let hash = hash_hex(serde_json::to_string(&file).unwrap_or_default().as_bytes());
+    let hash = file.content_hash();
     let template = PromptTemplate::compile(file)
         .map_err(|error| with_message(at, format!("prompt `{label}`: {error}")))?;
     Ok(SuitePrompt {
@@ -329,6 +404,7 @@ fn compile(
         template,
         raw,
         hash,
+        registry: None,
     })
 }
 
@@ -370,13 +446,7 @@ fn chat_prompt(
     if templates.is_empty() {
         return Err(with_message(at, "a chat prompt needs at least one message"));
     }
-    let file = PromptFile {
-        name: label.clone(),
-        description: None,
-        messages: templates,
-        params: ModelParams::default(),
-        variables: IndexMap::new(),
-    };
+    let file = PromptFile::from_messages(label.clone(), templates);
     compile(file, label, false, at)
 }
 
@@ -385,11 +455,15 @@ fn resolve_prompt(
     index: usize,
     base_dir: &Path,
     at: &SourceError,
+    registry: &dyn PromptSource,
 ) -> Result<Vec<SuitePrompt>, SourceError> {
     let suite_path = at.path.clone().unwrap_or_default();
     match entry {
         Node::Str(text) => match text.strip_prefix("file://") {
             Some(reference) => prompt_files(reference, None, base_dir, at),
+            None if PromptRef::looks_like(&text) => {
+                registry_prompt(&text, text.clone(), registry, at).map(|p| vec![p])
+            }
             None => Ok(vec![inline_prompt(default_label(&text), text, true, at)?]),
         },
         Node::Seq(messages) => {
@@ -411,12 +485,19 @@ fn resolve_prompt(
             }
             if let Some(id) = object.id {
                 let id_at = location_of(&suite_path, &id);
+                if PromptRef::looks_like(&id.value) {
+                    let label = object.label.unwrap_or_else(|| id.value.clone());
+                    return registry_prompt(&id.value, label, registry, &id_at).map(|p| vec![p]);
+                }
                 let Some(reference) = id.value.strip_prefix("file://") else {
                     return Err(with_message(
                         &id_at,
-                        format!("prompt id `{}` is not a file:// path", id.value),
+                        format!(
+                        "prompt id `{}` is neither a file:// path nor a registry reference",
+                        id.value
+                    ),
                     )
-                    .with_hint("inline templates go in `raw`"));
+                    .with_hint("inline templates go in `raw`; registry prompts read `name@label` or `name@3`"));
                 };
                 return prompt_files(reference, object.label, base_dir, &id_at);
             }
@@ -511,13 +592,7 @@ fn prompt_files(
                             content: m.content,
                         })
                         .collect();
-                    let file = PromptFile {
-                        name: name.clone(),
-                        description: None,
-                        messages: templates,
-                        params: ModelParams::default(),
-                        variables: IndexMap::new(),
-                    };
+                    let file = PromptFile::from_messages(name.clone(), templates);
                     prompts.push(compile(file, name, false, &file_at)?);
                 } else {
                     prompts.push(inline_prompt(name, text, true, &file_at)?);

@@ -97,7 +97,7 @@ pub struct Failure {
 }
 
 /// Per-case facts kept for pairing: (prompt, provider, test, repeat) → (pass, score).
-type Outcomes = HashMap<(u32, u32, u32, u32), (Option<bool>, f64)>;
+pub type Outcomes = HashMap<(u32, u32, u32, u32), (Option<bool>, f64)>;
 
 struct CellAccumulator {
     cell: Cell,
