@@ -11,7 +11,8 @@ use plumb_eval::report::{self, Style};
 use plumb_eval::summary::{self, Comparison, compare_runs, is_regression};
 use plumb_eval::{CacheMode, RunOptions, Suite};
 use plumb_provider::{ProviderContext, ProviderOptions, models};
-use plumb_store::{RunStatus, Store};
+use plumb_registry::{ProjectConfig, Registry};
+use plumb_store::{RunStatus, SqliteStore, Store};
 
 use crate::progress::ProgressObserver;
 use crate::{Outcome, StoreArgs, project, user_error};
@@ -89,7 +90,7 @@ fn default_suite(cwd: &Path) -> anyhow::Result<PathBuf> {
 pub async fn run(args: EvalArgs) -> anyhow::Result<Outcome> {
     let cwd = project::current_dir()?;
     let db_path = project::database_path(args.store.db.as_deref(), &cwd);
-    let store = project::open_store(Some(&db_path), &cwd)?;
+    let store = project::open_db(Some(&db_path), &cwd)?;
     let suite_path = match (&args.suite, &args.resume) {
         (Some(path), _) => path.clone(),
         (None, Some(run_id)) => {
@@ -213,8 +214,11 @@ fn locate(error: ModelError, at: &SourceError) -> anyhow::Error {
     anyhow::Error::new(located)
 }
 
-pub async fn execute(request: EvalRequest, store: Arc<dyn Store>) -> anyhow::Result<Finished> {
-    let suite = Suite::load(&request.suite_path)?;
+pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Result<Finished> {
+    // Suites may name registry prompts (`triage@production`); evaluating needs no policy.
+    let registry = Registry::new(db.clone(), ProjectConfig::default());
+    let suite = Suite::load_with(&request.suite_path, &registry)?;
+    let store: Arc<dyn Store> = db;
     let base_dir = request
         .suite_path
         .parent()

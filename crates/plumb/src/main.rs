@@ -1,12 +1,16 @@
 //! The `plumb` command line: glue between the crates, the only place that knows exit codes
 //! (0 ok, 1 a gate failed, 2 bad input or an error, 130 interrupted).
 
+mod audit_cmd;
 mod eval_cmd;
+mod keys_cmd;
 mod models_cmd;
 mod progress;
 mod project;
+mod prompt_cmd;
 mod quickstart;
 mod runs_cmd;
+mod serve_cmd;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -45,6 +49,20 @@ enum Command {
         #[command(subcommand)]
         command: runs_cmd::RunsCommand,
     },
+    /// The prompt registry: push versions, diff, label, promote under policy, roll back
+    Prompt {
+        #[command(subcommand)]
+        command: prompt_cmd::PromptCommand,
+    },
+    /// The append-only audit log of registry changes
+    Audit(audit_cmd::AuditArgs),
+    /// API keys for `plumb serve` (roles: viewer < editor < releaser < admin)
+    Keys {
+        #[command(subcommand)]
+        command: keys_cmd::KeysCommand,
+    },
+    /// Serve the HTTP API (/api/v1) on this project's database
+    Serve(serve_cmd::ServeArgs),
 }
 
 /// Options shared by commands that use the project database.
@@ -103,6 +121,10 @@ fn main() -> ExitCode {
             Command::Init(args) => quickstart::init(args),
             Command::Models { command } => models_cmd::run(command),
             Command::Runs { command } => runs_cmd::run(command),
+            Command::Prompt { command } => prompt_cmd::run(command),
+            Command::Audit(args) => audit_cmd::run(args),
+            Command::Keys { command } => keys_cmd::run(command),
+            Command::Serve(args) => serve_cmd::run(args).await,
         }
     });
     // Do not wait for stuck provider calls once the command is done.

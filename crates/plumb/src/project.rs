@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use plumb_registry::{ProjectConfig, Registry};
 use plumb_store::{SqliteStore, Store};
 
 use crate::user_error;
@@ -31,6 +32,10 @@ pub fn database_path(explicit: Option<&Path>, start: &Path) -> PathBuf {
 }
 
 pub fn open_store(explicit: Option<&Path>, start: &Path) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_db(explicit, start)?)
+}
+
+pub fn open_db(explicit: Option<&Path>, start: &Path) -> anyhow::Result<Arc<SqliteStore>> {
     let path = database_path(explicit, start);
     let store = SqliteStore::open(&path).map_err(|error| {
         user_error(
@@ -39,6 +44,13 @@ pub fn open_store(explicit: Option<&Path>, start: &Path) -> anyhow::Result<Arc<d
         )
     })?;
     Ok(Arc::new(store))
+}
+
+/// The project's registry: its database, with the promotion policy of its `plumb.yaml`.
+pub fn open_registry(explicit: Option<&Path>, start: &Path) -> anyhow::Result<Registry> {
+    let db = open_db(explicit, start)?;
+    let config = ProjectConfig::load(&root_from(start))?;
+    Ok(Registry::new(db, config))
 }
 
 pub fn current_dir() -> anyhow::Result<PathBuf> {

@@ -97,7 +97,7 @@ pub async fn quickstart(args: QuickstartArgs) -> anyhow::Result<Outcome> {
     );
     let report = args.dir.join("report.html");
     let db_path = args.dir.join(".plumb").join("plumb.db");
-    let store = project::open_store(Some(&db_path), &args.dir)?;
+    let store = project::open_db(Some(&db_path), &args.dir)?;
     let finished = eval_cmd::execute(
         EvalRequest {
             suite_path: args.dir.join("suite.yaml"),

@@ -8,6 +8,8 @@
     reason = "tests fail loudly"
 )]
 
+mod prompts_as_code;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

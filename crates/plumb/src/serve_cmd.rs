@@ -1,0 +1,68 @@
+//! `plumb serve`: the HTTP API (`/api/v1`) on this project's database.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::Args;
+use plumb_server::{AuthMode, ServerState};
+
+use crate::{Outcome, StoreArgs, project, user_error};
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8080", env = "PLUMB_ADDR")]
+    addr: SocketAddr,
+    /// Development mode: no API keys, every request acts as admin. Loopback addresses only
+    #[arg(long)]
+    dev: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
+    let cwd = project::current_dir()?;
+    let registry = project::open_registry(args.store.db.as_deref(), &cwd)?;
+    let auth = if args.dev {
+        plumb_server::check_dev_address(&args.addr).map_err(|message| {
+            user_error(
+                message,
+                Some("use `--addr 127.0.0.1:PORT`, or create keys with `plumb keys create`".into()),
+            )
+        })?;
+        AuthMode::Dev
+    } else {
+        AuthMode::Keys
+    };
+    let active_keys = plumb_store::RegistryStore::keys(registry.db())?
+        .iter()
+        .filter(|k| k.revoked_at.is_none())
+        .count();
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .map_err(|error| {
+            user_error(
+                format!("cannot listen on {}: {error}", args.addr),
+                Some("pick another address with `--addr`".into()),
+            )
+        })?;
+    let bound = listener.local_addr()?;
+    if auth == AuthMode::Dev {
+        eprintln!("┌──────────────────────────────────────────────────────────────────┐");
+        eprintln!("│ DEV MODE: authentication is OFF. Every request acts as admin.   │");
+        eprintln!("│ Loopback only. Never use --dev for anything shared.             │");
+        eprintln!("└──────────────────────────────────────────────────────────────────┘");
+    } else if active_keys == 0 {
+        eprintln!(
+            "warning: no active API keys: every request will get 401; create one with `plumb keys create --role viewer`"
+        );
+    }
+    eprintln!("plumb: serving the API on http://{bound}/api/v1 (Ctrl-C stops)");
+    let state = Arc::new(ServerState { registry, auth });
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("plumb: shutting down");
+    };
+    plumb_server::serve(listener, state, shutdown).await?;
+    Ok(Outcome::Ok)
+}
