@@ -49,6 +49,8 @@ pub struct SuitePrompt {
     pub hash: String,
     /// The registry version this prompt came from, for `name@label` / `name@N` references.
     pub registry: Option<RegistryVersion>,
+    /// Something the user should know about this prompt (e.g. it is deprecated).
+    pub warning: Option<String>,
 }
 
 /// A registry prompt version, as resolved when the suite was loaded.
@@ -63,6 +65,8 @@ pub struct RegistryVersion {
 pub struct ResolvedPrompt {
     pub file: PromptFile,
     pub version: u64,
+    /// Shown before the run, e.g. that the prompt is deprecated and what replaces it.
+    pub warning: Option<String>,
 }
 
 /// Where suites get registry prompts (`triage@production`, `triage@7`) from. The CLI passes the
@@ -387,6 +391,7 @@ fn registry_prompt(
         name: parsed.name,
         version: resolved.version,
     });
+    prompt.warning = resolved.warning;
     Ok(prompt)
 }
 
@@ -405,6 +410,7 @@ fn compile(
         raw,
         hash,
         registry: None,
+        warning: None,
     })
 }
 

@@ -548,9 +548,20 @@ impl PromptSource for Registry {
             Some(hint) => format!("{error} ({hint})"),
             None => error.to_string(),
         })?;
+        let warning = resolved.prompt.deprecation.as_ref().map(|deprecation| {
+            let mut text = format!("{reference} is deprecated");
+            if let Some(replacement) = &deprecation.replacement {
+                text.push_str(&format!("; use {replacement}"));
+            }
+            if !deprecation.reason.is_empty() {
+                text.push_str(&format!(" ({})", deprecation.reason));
+            }
+            text
+        });
         Ok(ResolvedPrompt {
             file: resolved.file,
             version: resolved.version.version,
+            warning,
         })
     }
 }

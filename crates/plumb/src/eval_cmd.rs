@@ -218,6 +218,11 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
     // Suites may name registry prompts (`triage@production`); evaluating needs no policy.
     let registry = Registry::new(db.clone(), ProjectConfig::default());
     let suite = Suite::load_with(&request.suite_path, &registry)?;
+    for prompt in &suite.prompts {
+        if let Some(warning) = &prompt.warning {
+            eprintln!("warning: {warning}");
+        }
+    }
     let store: Arc<dyn Store> = db;
     let base_dir = request
         .suite_path

@@ -18,6 +18,7 @@ pub enum KeysCommand {
         /// What the key is for, e.g. `ci` or `payments-service`
         #[arg(long, default_value = "unnamed")]
         name: String,
+        /// Print JSON (with the secret) instead of text
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -30,6 +31,7 @@ pub enum KeysCommand {
     },
     /// Revoke a key by its id (see `plumb keys list`)
     Revoke {
+        /// The key's id (`ab12cd34` or `key:ab12cd34`)
         id: String,
         #[command(flatten)]
         store: StoreArgs,

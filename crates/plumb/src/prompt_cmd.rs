@@ -26,6 +26,7 @@ pub enum PromptCommand {
         /// Semantic version tag for the new version (one prompt only)
         #[arg(long)]
         semver: Option<String>,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -33,6 +34,7 @@ pub enum PromptCommand {
     },
     /// List prompts with their latest version and labels
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -40,6 +42,7 @@ pub enum PromptCommand {
     },
     /// Show one version (NAME, NAME@VERSION or NAME@LABEL), or render it
     Show {
+        /// `NAME`, `NAME@VERSION`, `NAME@LABEL` or `NAME@latest`
         reference: String,
         /// Render the messages with variables instead of showing the template
         #[arg(long)]
@@ -47,6 +50,7 @@ pub enum PromptCommand {
         /// A variable for --render, `name=value` (repeatable)
         #[arg(long = "var", value_name = "NAME=VALUE")]
         vars: Vec<String>,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -54,7 +58,9 @@ pub enum PromptCommand {
     },
     /// Versions of a prompt and the moves of its labels
     History {
+        /// The prompt's name
         name: String,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -71,9 +77,11 @@ pub enum PromptCommand {
     },
     /// Point a label at a version, under the promotion policy of plumb.yaml
     Label {
+        /// The prompt's name
         name: String,
         /// A version number, `latest`, or another label
         version: String,
+        /// The label, e.g. `production` or `staging`
         label: String,
         /// Override the promotion policy (recorded in the audit log with --reason)
         #[arg(long, requires = "reason")]
@@ -84,6 +92,7 @@ pub enum PromptCommand {
         /// Check the policy and show the evidence without moving the label
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -91,8 +100,11 @@ pub enum PromptCommand {
     },
     /// Move a label back to the version it pointed at before its last move
     Rollback {
+        /// The prompt's name
         name: String,
+        /// The label, e.g. `production` or `staging`
         label: String,
+        /// Why: recorded in the audit log
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -100,10 +112,12 @@ pub enum PromptCommand {
     },
     /// Mark a prompt deprecated (it still resolves, with a warning), or undo that
     Deprecate {
+        /// The prompt's name
         name: String,
         /// The prompt to use instead (`other` or `other@production`)
         #[arg(long)]
         replacement: Option<String>,
+        /// Why: recorded in the audit log
         #[arg(long, default_value = "")]
         reason: String,
         /// Remove the deprecation
@@ -114,6 +128,7 @@ pub enum PromptCommand {
     },
     /// Write the registry as plain files (one folder per prompt) that diff well in git
     Export {
+        /// Folder to write (created if missing)
         dir: PathBuf,
         /// Only these prompts [default: all]
         #[arg(long = "prompt")]
@@ -123,6 +138,7 @@ pub enum PromptCommand {
     },
     /// Read an export back (all or nothing; checks every version against its hash)
     Import {
+        /// A folder written by `plumb prompt export` (or one prompt's folder in it)
         dir: PathBuf,
         #[command(flatten)]
         store: StoreArgs,

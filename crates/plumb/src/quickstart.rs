@@ -179,12 +179,23 @@ tests:
     assert: [{type: icontains, value: negative}]
 "#;
 
+const INIT_CONFIG: &str = r#"# plumb project config.
+# `production` moves only with evidence: a completed run of each suite below that evaluated the
+# version (same content hash, suite unchanged since), met the suite's thresholds, and showed no
+# significant regression against the version production points at now.
+promotion:
+  production:
+    suites: [evals/suite.yaml]
+    no_regression: true
+"#;
+
 const INIT_GITIGNORE: &str = "# plumb's local state: run database and response cache\n.plumb/\n";
 
 pub fn init(args: InitArgs) -> anyhow::Result<Outcome> {
     let files = [
         ("prompts/sentiment.yaml", INIT_PROMPT),
         ("evals/suite.yaml", INIT_SUITE),
+        ("plumb.yaml", INIT_CONFIG),
     ];
     let existing: Vec<String> = files
         .iter()
@@ -221,7 +232,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<Outcome> {
     }
     println!("updated {}", gitignore.display());
     println!(
-        "\nNext: `cd {} && plumb eval` (pulls the embedded model on first use).",
+        "\nNext: `cd {} && plumb eval` (pulls the embedded model on first use), then\n`plumb prompt push` and `plumb prompt label sentiment latest production`.",
         args.dir.display()
     );
     Ok(Outcome::Ok)
