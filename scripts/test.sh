@@ -29,7 +29,7 @@ echo "test.sh: building"
 cargo build --workspace --all-targets --locked
 
 echo "test.sh: embedded models for the real-model tests (into $PLUMB_HOME/models)"
-target/debug/plumb models pull
+"${CARGO_TARGET_DIR:-target}/debug/plumb" models pull
 
 echo "test.sh: clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

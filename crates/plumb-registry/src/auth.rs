@@ -182,8 +182,12 @@ pub fn authenticate(
             record.id, record.role
         )));
     };
-    // Last use is informational: a failed update must not fail the request.
-    let _ = store.touch_key(&record.id, now_ms());
+    // Last use is informational, kept to the minute so polling clients do not turn every read
+    // into a write; a failed update must not fail the request.
+    let now = now_ms();
+    if record.last_used_at.is_none_or(|last| now - last >= 60_000) {
+        let _ = store.touch_key(&record.id, now);
+    }
     Ok(Some(Actor {
         name: format!("key:{} ({})", record.id, record.name),
         role,
