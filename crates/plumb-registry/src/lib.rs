@@ -466,6 +466,48 @@ impl Registry {
         })
     }
 
+    /// Removes `label` from prompt `name` (the version stays; `name@label` stops resolving).
+    pub fn remove_label(
+        &self,
+        name: &str,
+        label: &str,
+        actor: &Actor,
+        reason: Option<String>,
+    ) -> Result<LabelOutcome, RegistryError> {
+        let prompt = self.prompt_record(name)?;
+        actor.require(self.config.role_for(label), &format!("removing `{label}`"))?;
+        let current = prompt
+            .labels
+            .iter()
+            .find(|l| l.label == label)
+            .map(|l| l.version)
+            .ok_or_else(|| {
+                RegistryError::not_found(format!("{name} has no label `{label}`"), None)
+            })?;
+        self.db.move_label(&NewLabelMove {
+            name: name.to_owned(),
+            label: label.to_owned(),
+            expected: Some(current),
+            to: None,
+            kind: MoveKind::Remove,
+            actor: actor.name.clone(),
+            at: now_ms(),
+            reason,
+            details: None,
+            forced: false,
+        })?;
+        Ok(LabelOutcome {
+            name: name.to_owned(),
+            label: label.to_owned(),
+            from: Some(current),
+            to: None,
+            moved: true,
+            forced: false,
+            evidence: None,
+            overridden: Vec::new(),
+        })
+    }
+
     pub fn deprecate(
         &self,
         name: &str,

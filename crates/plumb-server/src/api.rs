@@ -34,7 +34,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/prompts/{name}/versions/{version}", get(get_version))
         .route("/prompts/{name}/labels", get(list_labels))
-        .route("/prompts/{name}/labels/{label}", put(move_label))
+        .route(
+            "/prompts/{name}/labels/{label}",
+            put(move_label).delete(remove_label),
+        )
         .route(
             "/prompts/{name}/labels/{label}/rollback",
             post(rollback_label),
@@ -400,6 +403,26 @@ async fn move_label(
         state
             .registry
             .set_label(&name, &label, &selector, &actor, &options)
+    })
+    .await?;
+    Ok(Json(json!(outcome)).into_response())
+}
+
+async fn remove_label(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    UrlPath((name, label)): UrlPath<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let body: RollbackBody = if body.is_empty() {
+        RollbackBody::default()
+    } else {
+        parse_body(&body)?
+    };
+    let outcome = blocking(move || {
+        state
+            .registry
+            .remove_label(&name, &label, &actor, body.reason)
     })
     .await?;
     Ok(Json(json!(outcome)).into_response())

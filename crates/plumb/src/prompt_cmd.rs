@@ -110,6 +110,18 @@ pub enum PromptCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Remove a label (its version stays; `NAME@LABEL` stops resolving)
+    Unlabel {
+        /// The prompt's name
+        name: String,
+        /// The label, e.g. `canary`
+        label: String,
+        /// Why: recorded in the audit log
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Mark a prompt deprecated (it still resolves, with a warning), or undo that
     Deprecate {
         /// The prompt's name
@@ -578,6 +590,22 @@ pub fn run(command: PromptCommand) -> anyhow::Result<Outcome> {
                 "{name}@{label} rolled back: v{} → v{}",
                 outcome.from.unwrap_or_default(),
                 outcome.to.unwrap_or_default()
+            );
+            Ok(Outcome::Ok)
+        }
+        PromptCommand::Unlabel {
+            name,
+            label,
+            reason,
+            store,
+        } => {
+            let registry = open(&store)?;
+            let outcome = registry
+                .remove_label(&name, &label, &Actor::local(), reason)
+                .map_err(cli_error)?;
+            println!(
+                "{name}@{label} removed (was v{})",
+                outcome.from.unwrap_or_default()
             );
             Ok(Outcome::Ok)
         }

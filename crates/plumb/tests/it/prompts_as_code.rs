@@ -165,6 +165,12 @@ fn push_eval_promote_refuse_override_rollback() {
     assert_eq!(entries[3]["forced"], true);
     assert_eq!(entries[3]["reason"], "incident 7");
 
+    project.plumb(&["prompt", "label", "triage", "2", "canary"]);
+    let out = project.plumb(&["prompt", "unlabel", "triage", "canary", "--reason", "done"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = project.plumb(&["prompt", "show", "triage@canary"]);
+    assert_eq!(code(&out), 2);
+
     // Export, import into a fresh database, export again: the same files.
     let out = project.plumb(&["prompt", "export", "exported"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
