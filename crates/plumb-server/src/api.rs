@@ -47,15 +47,25 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(audit))
         .route("/whoami", get(whoami))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    let api = Router::new()
-        .route("/health", get(health))
-        .merge(protected)
-        .fallback(not_found);
+    let api = Router::new().route("/health", get(health)).merge(protected);
+    let gateway = plumb_gateway::router(state.gateway.clone()).route_layer(
+        middleware::from_fn_with_state(state.clone(), authenticate_openai),
+    );
     Router::new()
         .nest("/api/v1", api)
-        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .merge(gateway)
+        .fallback(fallback)
+}
+
+/// Unknown paths: OpenAI's error shape under `/v1`, plumb's elsewhere.
+async fn fallback(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/v1/") || uri.path() == "/v1" {
+        plumb_gateway::unknown_endpoint().into_response()
+    } else {
+        not_found().await.into_response()
+    }
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -110,6 +120,47 @@ async fn authenticate(
             .insert("x-plumb-dev-mode", HeaderValue::from_static("no-auth"));
     }
     Ok(response)
+}
+
+/// The gateway's key check: any active key may call models; failures in OpenAI's error shape,
+/// so SDKs show them as they would OpenAI's own.
+async fn authenticate_openai(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.auth == AuthMode::Dev {
+        let mut response = next.run(request).await;
+        response
+            .headers_mut()
+            .insert("x-plumb-dev-mode", HeaderValue::from_static("no-auth"));
+        return response;
+    }
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or(v.strip_prefix("bearer ")))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty());
+    let unauthorized = |message: &str| {
+        plumb_gateway::wire::OpenAiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            Some("invalid_api_key"),
+            message,
+        )
+        .into_response()
+    };
+    let Some(secret) = presented else {
+        return unauthorized("missing API key: send `Authorization: Bearer <plumb key>`");
+    };
+    let lookup = state.clone();
+    match blocking(move || auth::authenticate(lookup.registry.db(), &secret)).await {
+        Ok(Some(_actor)) => next.run(request).await,
+        Ok(None) => unauthorized("invalid or revoked API key"),
+        Err(error) => error.into_response(),
+    }
 }
 
 /// Registry calls touch SQLite: run them off the async workers.

@@ -1,4 +1,5 @@
-//! plumb's HTTP server: a versioned JSON API under `/api/v1` over the prompt registry.
+//! plumb's HTTP server: a versioned JSON API under `/api/v1` over the prompt registry, and the
+//! OpenAI-compatible gateway under `/v1` (plumb-gateway's router behind the same keys).
 //!
 //! `app(state)` is the router (the test seam); `serve` runs it on a listener until shutdown.
 //! Every request except `/api/v1/health` needs an API key (`Authorization: Bearer plumb_…` or
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use plumb_gateway::Gateway;
 use plumb_registry::Registry;
 use tokio::net::TcpListener;
 
@@ -33,6 +35,8 @@ pub enum AuthMode {
 pub struct ServerState {
     pub registry: Registry,
     pub auth: AuthMode,
+    /// Model aliases served on `/v1` (none: every model is unknown).
+    pub gateway: Arc<Gateway>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -48,12 +52,17 @@ pub fn app(state: Arc<ServerState>) -> Router {
 }
 
 /// Serves `app(state)` on `listener` until `shutdown` resolves, then finishes requests in
-/// flight.
+/// flight. Sockets get TCP_NODELAY: with Nagle's algorithm on, a small response can wait for
+/// the client's delayed ACK (the +40 ms some gateways add at concurrency 1).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ServerState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await

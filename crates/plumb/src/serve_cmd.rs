@@ -1,9 +1,12 @@
-//! `plumb serve`: the HTTP API (`/api/v1`) on this project's database.
+//! `plumb serve`: the HTTP API (`/api/v1`) on this project's database and the OpenAI-compatible
+//! gateway (`/v1`) configured in its `plumb.yaml`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::Args;
+use plumb_gateway::{Gateway, GatewayConfig};
+use plumb_provider::ProviderContext;
 use plumb_server::{AuthMode, ServerState};
 
 use crate::{Outcome, StoreArgs, project, user_error};
@@ -58,7 +61,34 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
         );
     }
     eprintln!("plumb: serving the API on http://{bound}/api/v1 (Ctrl-C stops)");
-    let state = Arc::new(ServerState { registry, auth });
+    let root = project::root_from(&cwd);
+    let gateway = GatewayConfig::load(&root.join("plumb.yaml"), &ProviderContext::new(&root))?;
+    if gateway.routes.is_empty() {
+        eprintln!("plumb: gateway: no `gateway.models` in plumb.yaml, so /v1 serves no models");
+    } else {
+        eprintln!(
+            "plumb: gateway on http://{bound}/v1 serving {}",
+            gateway
+                .routes
+                .values()
+                .map(|r| format!(
+                    "{} → {}",
+                    r.alias,
+                    r.targets
+                        .iter()
+                        .map(|t| t.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let state = Arc::new(ServerState {
+        registry,
+        auth,
+        gateway: Arc::new(Gateway { config: gateway }),
+    });
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("plumb: shutting down");

@@ -8,6 +8,7 @@
 //! The API through its router (`app(state)` + `oneshot`), and once over a real socket.
 
 mod api;
+mod gateway;
 mod socket;
 
 use std::path::Path;
@@ -16,7 +17,9 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use plumb_gateway::{Gateway, GatewayConfig};
 use plumb_prompt::PromptFile;
+use plumb_provider::ProviderContext;
 use plumb_registry::{Actor, ProjectConfig, PushOptions, Registry, Role, auth};
 use plumb_server::{AuthMode, ServerState, app};
 use plumb_store::SqliteStore;
@@ -33,6 +36,9 @@ pub struct Fixture {
 }
 
 pub const TRIAGE: &str = "name: triage\nmessages:\n  - role: system\n    content: Route tickets.\n  - role: user\n    content: \"Ticket: {{ ticket }}\"\nvariables:\n  ticket: {type: string}\n";
+
+pub const GATEWAY: &str =
+    "gateway:\n  models:\n    echo-model:\n      targets: [{provider: echo}]\n";
 
 pub fn fixture(mode: AuthMode) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
@@ -57,11 +63,18 @@ pub fn fixture(mode: AuthMode) -> Fixture {
     registry
         .push(&file, &PushOptions::default(), &owner, None)
         .unwrap();
+    let gateway = GatewayConfig::parse(
+        GATEWAY,
+        &dir.path().join("plumb.yaml"),
+        &ProviderContext::new(dir.path()),
+    )
+    .unwrap();
     Fixture {
         _dir: dir,
         state: Arc::new(ServerState {
             registry,
             auth: mode,
+            gateway: Arc::new(Gateway { config: gateway }),
         }),
         viewer,
         editor,

@@ -1,0 +1,138 @@
+//! The `gateway:` section of `plumb.yaml`: model aliases clients send as `model`, each an
+//! ordered list of provider targets tried in turn.
+//!
+//! ```yaml
+//! gateway:
+//!   models:
+//!     fast:
+//!       targets:
+//!         - provider: openai:gpt-4o-mini
+//!           config: {api_key_env: OPENAI_API_KEY, timeout_ms: 20000}
+//!         - provider: local:gemma3-270m     # fallback when the first fails retryably
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use plumb_core::{ChatModel, SourceError};
+use plumb_provider::{ProviderContext, ProviderOptions};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::{Map, Value};
+
+/// `plumb.yaml` as the gateway reads it: its own section, the others skipped (each crate
+/// checks its own section strictly).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    #[serde(default)]
+    #[allow(
+        dead_code,
+        reason = "the registry's section, checked by plumb-registry"
+    )]
+    promotion: Option<IgnoredAny>,
+    #[serde(default)]
+    gateway: Option<RawGateway>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    #[serde(default)]
+    models: IndexMap<String, RawModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    targets: Vec<RawTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    provider: String,
+    #[serde(default)]
+    config: Map<String, Value>,
+}
+
+/// One provider a model alias can send a request to.
+#[derive(Clone)]
+pub struct Target {
+    pub id: String,
+    pub model: Arc<dyn ChatModel>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("id", &self.id).finish()
+    }
+}
+
+/// A model alias: its targets, in fallback order.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub alias: String,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct GatewayConfig {
+    pub routes: IndexMap<String, Route>,
+}
+
+impl GatewayConfig {
+    /// Reads the `gateway:` section of `path` (a project without the file or the section has
+    /// no routes) and builds every target, so a typo fails at start, not on the first request.
+    pub fn load(path: &Path, ctx: &ProviderContext) -> Result<GatewayConfig, SourceError> {
+        if !path.is_file() {
+            return Ok(GatewayConfig::default());
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| SourceError::in_file(path, format!("cannot read: {error}")))?;
+        GatewayConfig::parse(&text, path, ctx)
+    }
+
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        ctx: &ProviderContext,
+    ) -> Result<GatewayConfig, SourceError> {
+        if text.trim().is_empty() {
+            return Ok(GatewayConfig::default());
+        }
+        let raw: RawProject = plumb_prompt::yaml::from_str(text, path)?;
+        let mut routes = IndexMap::new();
+        for (alias, model) in raw.gateway.unwrap_or_default().models {
+            let at = |message: String| {
+                SourceError::in_file(path, format!("gateway.models.{alias}: {message}"))
+            };
+            if alias.is_empty() || alias.starts_with("prompt:") {
+                return Err(at("an alias cannot be empty or start with `prompt:`".into()));
+            }
+            if model.targets.is_empty() {
+                return Err(at("`targets` is empty".into()).with_hint(
+                    "list at least one provider, e.g. `targets: [{provider: openai:gpt-4o-mini}]`",
+                ));
+            }
+            let mut targets = Vec::with_capacity(model.targets.len());
+            for (index, target) in model.targets.into_iter().enumerate() {
+                let options: ProviderOptions = serde_json::from_value(Value::Object(target.config))
+                    .map_err(|error| at(format!("targets[{index}].config: {error}")))?;
+                let built =
+                    plumb_provider::build(&target.provider, &options, ctx).map_err(|error| {
+                        let mut located = at(format!("targets[{index}]: {}", error.message));
+                        located.hint = error.hint.clone();
+                        located
+                    })?;
+                targets.push(Target {
+                    id: target.provider,
+                    model: built,
+                });
+            }
+            routes.insert(alias.clone(), Route { alias, targets });
+        }
+        Ok(GatewayConfig { routes })
+    }
+}

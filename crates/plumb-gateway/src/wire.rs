@@ -1,0 +1,388 @@
+//! OpenAI Chat Completions on the wire: requests parsed into plumb's `ChatRequest` with errors
+//! that name the offending parameter, responses written as `chat.completion` objects or as
+//! `chat.completion.chunk` server-sent events, and errors in OpenAI's shape.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use plumb_core::{ChatRequest, ChatResponse, Message, ModelParams, ResponseFormat, Role, ToolCall};
+use serde_json::{Map, Value, json};
+
+/// An error as OpenAI writes it: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub struct OpenAiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+    /// Seconds, sent as `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+impl OpenAiError {
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> OpenAiError {
+        OpenAiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(str::to_owned),
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> OpenAiError {
+        OpenAiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code,
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
+    }
+}
+
+/// A parsed `POST /v1/chat/completions` body.
+#[derive(Debug)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub request: ChatRequest,
+}
+
+fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    body.get(name).filter(|v| !v.is_null())
+}
+
+fn number(body: &Map<String, Value>, name: &str) -> Result<Option<f64>, OpenAiError> {
+    match field(body, name) {
+        None => Ok(None),
+        Some(value) => value
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| OpenAiError::invalid(format!("`{name}` must be a number"), Some(name))),
+    }
+}
+
+fn unsigned(body: &Map<String, Value>, name: &str) -> Result<Option<u64>, OpenAiError> {
+    match field(body, name) {
+        None => Ok(None),
+        Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+            OpenAiError::invalid(
+                format!("`{name}` must be a non-negative integer"),
+                Some(name),
+            )
+        }),
+    }
+}
+
+/// Parses a request body. Fields plumb does not use (`user`, `metadata`, `store`…) are
+/// accepted and ignored, as OpenAI-compatible servers do, so every SDK version works.
+pub fn parse_request(bytes: &[u8]) -> Result<CompletionRequest, OpenAiError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|error| OpenAiError::invalid(format!("invalid JSON body: {error}"), None))?;
+    let Value::Object(body) = value else {
+        return Err(OpenAiError::invalid("the body must be a JSON object", None));
+    };
+    let model = match field(&body, "model") {
+        Some(Value::String(model)) if !model.is_empty() => model.clone(),
+        Some(_) => {
+            return Err(OpenAiError::invalid(
+                "`model` must be a string",
+                Some("model"),
+            ));
+        }
+        None => {
+            return Err(OpenAiError::invalid(
+                "missing required parameter: `model`",
+                Some("model"),
+            ));
+        }
+    };
+    let Some(Value::Array(raw_messages)) = field(&body, "messages") else {
+        return Err(OpenAiError::invalid(
+            "missing required parameter: `messages` (an array)",
+            Some("messages"),
+        ));
+    };
+    if raw_messages.is_empty() {
+        return Err(OpenAiError::invalid(
+            "`messages` is empty",
+            Some("messages"),
+        ));
+    }
+    let mut messages = Vec::with_capacity(raw_messages.len());
+    for (index, raw) in raw_messages.iter().enumerate() {
+        messages.push(parse_message(raw, index)?);
+    }
+    if let Some(n) = unsigned(&body, "n")?
+        && n != 1
+    {
+        return Err(OpenAiError::invalid("only `n: 1` is supported", Some("n")));
+    }
+    let stop = match field(&body, "stop") {
+        None => Vec::new(),
+        Some(Value::String(one)) => vec![one.clone()],
+        Some(Value::Array(many)) => many
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                OpenAiError::invalid("`stop` must be a string or strings", Some("stop"))
+            })?,
+        Some(_) => {
+            return Err(OpenAiError::invalid(
+                "`stop` must be a string or strings",
+                Some("stop"),
+            ));
+        }
+    };
+    let response_format = match field(&body, "response_format") {
+        None => None,
+        Some(value) => {
+            let format: ResponseFormat =
+                serde_json::from_value(value.clone()).map_err(|error| {
+                    OpenAiError::invalid(
+                        format!("invalid `response_format`: {error}"),
+                        Some("response_format"),
+                    )
+                })?;
+            Some(format)
+        }
+    };
+    let tools = match field(&body, "tools") {
+        None => Vec::new(),
+        Some(Value::Array(tools)) => tools.clone(),
+        Some(_) => {
+            return Err(OpenAiError::invalid(
+                "`tools` must be an array",
+                Some("tools"),
+            ));
+        }
+    };
+    let max_tokens = match unsigned(&body, "max_completion_tokens")? {
+        Some(max) => Some(max),
+        None => unsigned(&body, "max_tokens")?,
+    };
+    let params = ModelParams {
+        temperature: number(&body, "temperature")?,
+        top_p: number(&body, "top_p")?,
+        top_k: unsigned(&body, "top_k")?.map(|v| v.min(u64::from(u32::MAX)) as u32),
+        max_tokens: max_tokens.map(|v| v.min(u64::from(u32::MAX)) as u32),
+        seed: unsigned(&body, "seed")?,
+        stop,
+        response_format,
+        tools,
+        tool_choice: field(&body, "tool_choice").cloned(),
+        logprobs: field(&body, "logprobs").and_then(Value::as_bool),
+        top_logprobs: unsigned(&body, "top_logprobs")?.map(|v| v.min(20) as u32),
+    };
+    let stream = field(&body, "stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let include_usage = field(&body, "stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(CompletionRequest {
+        model,
+        stream,
+        include_usage,
+        request: ChatRequest { messages, params },
+    })
+}
+
+fn parse_message(raw: &Value, index: usize) -> Result<Message, OpenAiError> {
+    let param = format!("messages[{index}]");
+    let Value::Object(object) = raw else {
+        return Err(OpenAiError::invalid(
+            format!("`{param}` must be an object"),
+            Some(&param),
+        ));
+    };
+    let role_text = object
+        .get("role")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let role = Role::parse(role_text).ok_or_else(|| {
+        OpenAiError::invalid(
+            format!(
+                "`{param}.role` is `{role_text}`; expected one of {}",
+                Role::ALL.join(", ")
+            ),
+            Some(&format!("{param}.role")),
+        )
+    })?;
+    let content = match object.get("content") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (part_index, part) in parts.iter().enumerate() {
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        text.push_str(part.get("text").and_then(Value::as_str).unwrap_or_default())
+                    }
+                    other => {
+                        return Err(OpenAiError::invalid(
+                            format!(
+                                "`{param}.content[{part_index}]` has type {}; this gateway accepts text parts only",
+                                other.unwrap_or("(none)")
+                            ),
+                            Some(&format!("{param}.content")),
+                        ));
+                    }
+                }
+            }
+            text
+        }
+        Some(_) => {
+            return Err(OpenAiError::invalid(
+                format!("`{param}.content` must be a string or an array of parts"),
+                Some(&format!("{param}.content")),
+            ));
+        }
+    };
+    let tool_calls: Vec<ToolCall> = match object.get("tool_calls") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(value) => serde_json::from_value(value.clone()).map_err(|error| {
+            OpenAiError::invalid(
+                format!("invalid `{param}.tool_calls`: {error}"),
+                Some(&format!("{param}.tool_calls")),
+            )
+        })?,
+    };
+    Ok(Message {
+        role,
+        content,
+        name: object
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        tool_calls,
+        tool_call_id: object
+            .get("tool_call_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
+}
+
+fn message_json(response: &ChatResponse) -> Value {
+    let mut message = json!({"role": "assistant", "content": response.content});
+    if !response.tool_calls.is_empty()
+        && let Some(object) = message.as_object_mut()
+    {
+        object.insert("tool_calls".into(), json!(response.tool_calls));
+        if response.content.is_empty() {
+            object.insert("content".into(), Value::Null);
+        }
+    }
+    message
+}
+
+fn finish_reason(response: &ChatResponse) -> &'static str {
+    response.finish_reason.map(|f| f.as_str()).unwrap_or("stop")
+}
+
+fn usage_json(response: &ChatResponse) -> Value {
+    json!({
+        "prompt_tokens": response.usage.prompt_tokens,
+        "completion_tokens": response.usage.completion_tokens,
+        "total_tokens": response.usage.total(),
+    })
+}
+
+/// A `chat.completion` object.
+pub fn completion_json(id: &str, created: u64, model: &str, response: &ChatResponse) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": message_json(response),
+            "finish_reason": finish_reason(response),
+            "logprobs": null,
+        }],
+        "usage": usage_json(response),
+    })
+}
+
+/// The answer as `chat.completion.chunk` events: the role, the content, the tool calls, the
+/// finish reason, optionally the usage, then `[DONE]`.
+pub fn completion_events(
+    id: &str,
+    created: u64,
+    model: &str,
+    response: &ChatResponse,
+    include_usage: bool,
+) -> Vec<String> {
+    let chunk = |delta: Value, finish: Option<&str>| {
+        json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        })
+        .to_string()
+    };
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
+    if !response.content.is_empty() {
+        events.push(chunk(json!({"content": response.content}), None));
+    }
+    if !response.tool_calls.is_empty() {
+        let calls: Vec<Value> = response
+            .tool_calls
+            .iter()
+            .enumerate()
+            .map(|(index, call)| {
+                json!({"index": index, "id": call.id, "type": call.kind,
+                       "function": {"name": call.function.name, "arguments": call.function.arguments}})
+            })
+            .collect();
+        events.push(chunk(json!({"tool_calls": calls}), None));
+    }
+    events.push(chunk(json!({}), Some(finish_reason(response))));
+    if include_usage {
+        events.push(
+            json!({
+                "id": id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage_json(response),
+            })
+            .to_string(),
+        );
+    }
+    events.push("[DONE]".to_owned());
+    events
+}

@@ -1,0 +1,110 @@
+//! `plumb serve` as a gateway, driven by the official `openai` Python client: a real process,
+//! a real socket, the SDK's own request and SSE parsing.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use super::{Project, code, stderr, stdout};
+
+/// The official client, installed by `scripts/test.sh` (its folder is in
+/// `PLUMB_TEST_OPENAI_PYTHONPATH`), or already importable by `python3`.
+fn python_with_openai() -> Command {
+    let mut command = Command::new("python3");
+    if let Some(path) = std::env::var_os("PLUMB_TEST_OPENAI_PYTHONPATH") {
+        command.env("PYTHONPATH", path);
+    }
+    let probe = Command::new("python3")
+        .args(["-c", "import openai"])
+        .envs(std::env::var_os("PLUMB_TEST_OPENAI_PYTHONPATH").map(|p| ("PYTHONPATH", p)))
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "the official openai Python client is needed: run scripts/test.sh (it installs it), or \
+         set PLUMB_TEST_OPENAI_PYTHONPATH to a folder holding it"
+    );
+    command
+}
+
+const CLIENT: &str = r#"
+import sys, openai
+base, key = sys.argv[1], sys.argv[2]
+client = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
+r = client.chat.completions.create(model="echo-model", messages=[{"role": "user", "content": "ping"}])
+print("complete", r.choices[0].message.content, r.model, r.usage.total_tokens > 0)
+stream = client.chat.completions.create(
+    model="echo-model", messages=[{"role": "user", "content": "stream ping"}],
+    stream=True, stream_options={"include_usage": True})
+chunks = list(stream)
+print("stream", "".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+      chunks[-1].usage.total_tokens > 0)
+print("models", [m.id for m in client.models.list()])
+try:
+    client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+except openai.NotFoundError as e:
+    print("notfound", e.body["code"])
+try:
+    openai.OpenAI(base_url=base, api_key="plumb_bad", max_retries=0).models.list()
+except openai.AuthenticationError as e:
+    print("unauthorized", e.body["code"])
+"#;
+
+#[test]
+fn the_official_openai_client_works_against_plumb_serve() {
+    let mut python = python_with_openai();
+    let project = Project::new();
+    project.write(
+        "plumb.yaml",
+        "gateway:\n  models:\n    echo-model:\n      targets: [{provider: echo}]\n",
+    );
+    let out = project.plumb(&["keys", "create", "--role", "viewer", "--name", "sdk"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let key = stdout(&out).trim().to_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .current_dir(project.dir.path())
+        .env("PLUMB_DB", project.path(".plumb/plumb.db"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the "serving" line, which comes after the socket is bound.
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    let mut banner = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("gateway on") {
+            break;
+        }
+    }
+    assert!(banner.contains("echo-model → echo"), "{banner}");
+    let output = python
+        .args(["-c", CLIENT, &format!("http://127.0.0.1:{port}/v1"), &key])
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.contains("complete ping echo-model True"),
+        "{printed}"
+    );
+    assert!(printed.contains("stream stream ping True"), "{printed}");
+    assert!(printed.contains("models ['echo-model']"), "{printed}");
+    assert!(printed.contains("notfound model_not_found"), "{printed}");
+    assert!(
+        printed.contains("unauthorized invalid_api_key"),
+        "{printed}"
+    );
+}
