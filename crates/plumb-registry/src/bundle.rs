@@ -341,8 +341,8 @@ fn read_bundle(folder: &Path) -> Result<PromptBundle, RegistryError> {
                     format!(
                         "content does not match the hash recorded for v{} in {PROMPT_FILE} ({} ≠ {})",
                         entry.version,
-                        &hash[..12.min(hash.len())],
-                        &entry.hash[..12.min(entry.hash.len())]
+                        hash.get(..12).unwrap_or(&hash),
+                        entry.hash.get(..12).unwrap_or(&entry.hash)
                     ),
                 )
                 .with_hint("exported versions are history: push edits as a new version with `plumb prompt push`"),
