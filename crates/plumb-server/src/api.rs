@@ -107,8 +107,7 @@ async fn authenticate(
             let Some(secret) = presented.filter(|s| !s.is_empty()) else {
                 return Err(ApiError::unauthorized("missing API key"));
             };
-            let state = state.clone();
-            let found = blocking(move || auth::authenticate(state.registry.db(), &secret)).await?;
+            let found = verify(&state, secret).await?;
             found.ok_or_else(|| ApiError::unauthorized("invalid or revoked API key"))?
         }
     };
@@ -120,6 +119,20 @@ async fn authenticate(
             .insert("x-plumb-dev-mode", HeaderValue::from_static("no-auth"));
     }
     Ok(response)
+}
+
+/// The actor behind `secret`: from the key cache, else from the database (then cached).
+async fn verify(state: &AppState, secret: String) -> Result<Option<Actor>, ApiError> {
+    if let Some(actor) = state.keys.get(&secret) {
+        return Ok(Some(actor));
+    }
+    let lookup = state.clone();
+    let key = secret.clone();
+    let found = blocking(move || auth::authenticate(lookup.registry.db(), &key)).await?;
+    if let Some(actor) = &found {
+        state.keys.put(&secret, actor);
+    }
+    Ok(found)
 }
 
 /// The gateway's key check: any active key may call models; failures in OpenAI's error shape,
@@ -155,8 +168,7 @@ async fn authenticate_openai(
     let Some(secret) = presented else {
         return unauthorized("missing API key: send `Authorization: Bearer <plumb key>`");
     };
-    let lookup = state.clone();
-    match blocking(move || auth::authenticate(lookup.registry.db(), &secret)).await {
+    match verify(&state, secret).await {
         Ok(Some(_actor)) => next.run(request).await,
         Ok(None) => unauthorized("invalid or revoked API key"),
         Err(error) => error.into_response(),

@@ -11,6 +11,7 @@
 
 mod api;
 mod error;
+mod keys;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use plumb_registry::Registry;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
+pub use keys::KeyCache;
 
 /// How requests are authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +39,8 @@ pub struct ServerState {
     pub auth: AuthMode,
     /// Model aliases served on `/v1` (none: every model is unknown).
     pub gateway: Arc<Gateway>,
+    /// Recently verified keys.
+    pub keys: KeyCache,
 }
 
 impl std::fmt::Debug for ServerState {

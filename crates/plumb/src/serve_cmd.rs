@@ -88,6 +88,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
         registry,
         auth,
         gateway: Arc::new(Gateway { config: gateway }),
+        keys: plumb_server::KeyCache::default(),
     });
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -350,3 +350,52 @@ async fn dev_mode_needs_no_key_and_says_so() {
     let address: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
     assert!(plumb_server::check_dev_address(&address).is_ok());
 }
+
+#[tokio::test]
+async fn a_revoked_key_stops_working() {
+    let f = fixture(AuthMode::Keys);
+    let reply = f
+        .call("GET", "/api/v1/whoami", Some(&f.editor), None, &[])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let id = reply.json["actor"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("key:")
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let owner = plumb_registry::Actor {
+        name: "owner".into(),
+        role: plumb_registry::Role::Admin,
+    };
+    plumb_registry::auth::revoke_key(f.state.registry.db(), &id, &owner).unwrap();
+    let reply = f
+        .call("GET", "/api/v1/whoami", Some(&f.editor), None, &[])
+        .await;
+    assert_error(&reply, StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[test]
+fn the_key_cache_forgets_after_its_ttl() {
+    let cache = plumb_server::KeyCache::new(std::time::Duration::from_millis(30));
+    let actor = plumb_registry::Actor {
+        name: "k".into(),
+        role: plumb_registry::Role::Viewer,
+    };
+    cache.put("plumb_x", &actor);
+    assert_eq!(cache.get("plumb_x"), Some(actor));
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    assert_eq!(cache.get("plumb_x"), None);
+    let off = plumb_server::KeyCache::new(std::time::Duration::ZERO);
+    off.put(
+        "plumb_x",
+        &plumb_registry::Actor {
+            name: "k".into(),
+            role: plumb_registry::Role::Viewer,
+        },
+    );
+    assert_eq!(off.get("plumb_x"), None);
+}

@@ -75,6 +75,7 @@ pub fn fixture(mode: AuthMode) -> Fixture {
             registry,
             auth: mode,
             gateway: Arc::new(Gateway { config: gateway }),
+            keys: plumb_server::KeyCache::new(std::time::Duration::ZERO),
         }),
         viewer,
         editor,
