@@ -9,13 +9,15 @@
 //!         - provider: openai:gpt-4o-mini
 //!           config: {api_key_env: OPENAI_API_KEY, timeout_ms: 20000}
 //!         - provider: local:gemma3-270m     # fallback when the first fails retryably
+//!   embeddings:
+//!     minilm: {provider: local:all-minilm-l6-v2}
 //! ```
 
 use std::path::Path;
 use std::sync::Arc;
 
 use indexmap::IndexMap;
-use plumb_core::{ChatModel, SourceError};
+use plumb_core::{ChatModel, Embedder, SourceError};
 use plumb_provider::{ProviderContext, ProviderOptions};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -41,6 +43,8 @@ struct RawProject {
 struct RawGateway {
     #[serde(default)]
     models: IndexMap<String, RawModel>,
+    #[serde(default)]
+    embeddings: IndexMap<String, RawTarget>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,9 +81,27 @@ pub struct Route {
     pub targets: Vec<Target>,
 }
 
+/// An embedding model alias (`POST /v1/embeddings`).
+#[derive(Clone)]
+pub struct EmbeddingRoute {
+    pub alias: String,
+    pub id: String,
+    pub embedder: Arc<dyn Embedder>,
+}
+
+impl std::fmt::Debug for EmbeddingRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddingRoute")
+            .field("alias", &self.alias)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct GatewayConfig {
     pub routes: IndexMap<String, Route>,
+    pub embeddings: IndexMap<String, EmbeddingRoute>,
 }
 
 impl GatewayConfig {
@@ -103,8 +125,31 @@ impl GatewayConfig {
             return Ok(GatewayConfig::default());
         }
         let raw: RawProject = plumb_prompt::yaml::from_str(text, path)?;
+        let gateway = raw.gateway.unwrap_or_default();
+        let mut embeddings = IndexMap::new();
+        for (alias, target) in gateway.embeddings {
+            let at = |message: String| {
+                SourceError::in_file(path, format!("gateway.embeddings.{alias}: {message}"))
+            };
+            let options: ProviderOptions = serde_json::from_value(Value::Object(target.config))
+                .map_err(|error| at(format!("config: {error}")))?;
+            let embedder = plumb_provider::build_embedder(&target.provider, &options, ctx)
+                .map_err(|error| {
+                    let mut located = at(error.message.clone());
+                    located.hint = error.hint.clone();
+                    located
+                })?;
+            embeddings.insert(
+                alias.clone(),
+                EmbeddingRoute {
+                    alias,
+                    id: target.provider,
+                    embedder,
+                },
+            );
+        }
         let mut routes = IndexMap::new();
-        for (alias, model) in raw.gateway.unwrap_or_default().models {
+        for (alias, model) in gateway.models {
             let at = |message: String| {
                 SourceError::in_file(path, format!("gateway.models.{alias}: {message}"))
             };
@@ -133,6 +178,6 @@ impl GatewayConfig {
             }
             routes.insert(alias.clone(), Route { alias, targets });
         }
-        Ok(GatewayConfig { routes })
+        Ok(GatewayConfig { routes, embeddings })
     }
 }

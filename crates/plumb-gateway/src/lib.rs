@@ -1,4 +1,5 @@
-//! plumb's gateway: an OpenAI-compatible endpoint (`/v1/chat/completions`, `/v1/models`) that
+//! plumb's gateway: an OpenAI-compatible endpoint (`/v1/chat/completions`, `/v1/embeddings`,
+//! `/v1/models`) that
 //! routes model aliases from `plumb.yaml` to provider targets, falling back to the next target
 //! when one fails in a way a retry elsewhere can fix (timeouts, 429, 5xx, connection errors).
 //!
@@ -22,7 +23,7 @@ use axum::{Json, Router};
 use plumb_core::{ChatResponse, ModelError, ModelErrorKind};
 use serde_json::json;
 
-pub use config::{GatewayConfig, Route, Target};
+pub use config::{EmbeddingRoute, GatewayConfig, Route, Target};
 use wire::OpenAiError;
 
 /// Largest request body accepted, in bytes.
@@ -38,6 +39,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/embeddings", post(embeddings))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(gateway)
 }
@@ -65,9 +67,81 @@ async fn models(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> 
         .config
         .routes
         .keys()
+        .chain(gateway.config.embeddings.keys())
         .map(|alias| json!({"id": alias, "object": "model", "created": created, "owned_by": "plumb"}))
         .collect();
     Json(json!({"object": "list", "data": data}))
+}
+
+async fn embeddings(
+    State(gateway): State<Arc<Gateway>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match embed(&gateway, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn embed(
+    gateway: &Gateway,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OpenAiError> {
+    let body = body.map_err(body_error)?;
+    let parsed = wire::parse_embeddings(&body)?;
+    let route = gateway.config.embeddings.get(&parsed.model).ok_or_else(|| {
+        let known: Vec<&str> = gateway.config.embeddings.keys().map(String::as_str).collect();
+        let mut error = OpenAiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model_not_found"),
+            if known.is_empty() {
+                format!(
+                    "embedding model `{}` is not served here: plumb.yaml defines no `gateway.embeddings`",
+                    parsed.model
+                )
+            } else {
+                format!(
+                    "embedding model `{}` is not served here; embedding models: {}",
+                    parsed.model,
+                    known.join(", ")
+                )
+            },
+        );
+        error.param = Some("model".into());
+        error
+    })?;
+    let vectors = route
+        .embedder
+        .embed(&parsed.input)
+        .await
+        .map_err(|error| upstream_error(&route.id, &error))?;
+    let tokens: u64 = parsed
+        .input
+        .iter()
+        .map(|text| plumb_provider::tokens::rough_count(text))
+        .sum();
+    let mut response = Json(wire::embeddings_json(
+        &parsed.model,
+        &vectors,
+        parsed.base64,
+        tokens,
+    ))
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(&route.id) {
+        response.headers_mut().insert("x-plumb-target", value);
+    }
+    Ok(response)
+}
+
+fn body_error(rejection: BytesRejection) -> OpenAiError {
+    let status = rejection.status();
+    let mut error = OpenAiError::invalid(rejection.body_text(), None);
+    error.status = status;
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        error.message = format!("the request body exceeds {MAX_BODY_BYTES} bytes");
+    }
+    error
 }
 
 async fn chat_completions(
@@ -84,15 +158,7 @@ async fn complete(
     gateway: &Gateway,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
-    let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        let mut error = OpenAiError::invalid(rejection.body_text(), None);
-        error.status = status;
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            error.message = format!("the request body exceeds {MAX_BODY_BYTES} bytes");
-        }
-        error
-    })?;
+    let body = body.map_err(body_error)?;
     let parsed = wire::parse_request(&body)?;
     let route = gateway.config.routes.get(&parsed.model).ok_or_else(|| {
         let known: Vec<&str> = gateway.config.routes.keys().map(String::as_str).collect();

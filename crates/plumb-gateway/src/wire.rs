@@ -386,3 +386,99 @@ pub fn completion_events(
     events.push("[DONE]".to_owned());
     events
 }
+
+/// A parsed `POST /v1/embeddings` body.
+#[derive(Debug)]
+pub struct EmbeddingsRequest {
+    pub model: String,
+    pub input: Vec<String>,
+    /// `encoding_format: base64` (what the official Python client asks for by default).
+    pub base64: bool,
+}
+
+pub fn parse_embeddings(bytes: &[u8]) -> Result<EmbeddingsRequest, OpenAiError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|error| OpenAiError::invalid(format!("invalid JSON body: {error}"), None))?;
+    let Value::Object(body) = value else {
+        return Err(OpenAiError::invalid("the body must be a JSON object", None));
+    };
+    let model = match field(&body, "model") {
+        Some(Value::String(model)) if !model.is_empty() => model.clone(),
+        _ => {
+            return Err(OpenAiError::invalid(
+                "missing required parameter: `model`",
+                Some("model"),
+            ));
+        }
+    };
+    let input = match field(&body, "input") {
+        Some(Value::String(one)) => vec![one.clone()],
+        Some(Value::Array(many)) if !many.is_empty() => many
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                OpenAiError::invalid(
+                    "`input` must be a string or an array of strings (token arrays are not supported)",
+                    Some("input"),
+                )
+            })?,
+        _ => {
+            return Err(OpenAiError::invalid(
+                "missing required parameter: `input` (a string or a non-empty array of strings)",
+                Some("input"),
+            ));
+        }
+    };
+    if input.len() > 2048 {
+        return Err(OpenAiError::invalid(
+            "at most 2048 inputs per request",
+            Some("input"),
+        ));
+    }
+    let base64 = match field(&body, "encoding_format").and_then(Value::as_str) {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(OpenAiError::invalid(
+                format!("`encoding_format` is `{other}`; expected `float` or `base64`"),
+                Some("encoding_format"),
+            ));
+        }
+    };
+    if field(&body, "dimensions").is_some() {
+        return Err(OpenAiError::invalid(
+            "`dimensions` is not supported: the vectors have the model's own size",
+            Some("dimensions"),
+        ));
+    }
+    Ok(EmbeddingsRequest {
+        model,
+        input,
+        base64,
+    })
+}
+
+/// An embeddings `list`; base64 vectors are little-endian f32 bytes, as OpenAI sends them.
+pub fn embeddings_json(model: &str, vectors: &[Vec<f32>], base64: bool, tokens: u64) -> Value {
+    use base64::Engine as _;
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })
+}

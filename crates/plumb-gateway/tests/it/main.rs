@@ -196,3 +196,68 @@ fn config_errors_are_located() {
         .is_empty()
     );
 }
+
+async fn post_to(gateway: Arc<Gateway>, path: &str, body: Value) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let response = router(gateway).oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn embeddings_in_float_and_base64() {
+    use base64::Engine as _;
+    let mock = MockServer::start().await;
+    let config = format!(
+        "gateway:\n  embeddings:\n    vectors: {{provider: \"openai-compatible:{}#emb\"}}\n",
+        mock.openai_base()
+    );
+    let gateway = gateway(&config);
+    let (status, floats) = post_to(
+        gateway.clone(),
+        "/v1/embeddings",
+        json!({"model": "vectors", "input": ["one", "two"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{floats}");
+    assert_eq!(floats["object"], "list");
+    assert_eq!(floats["data"].as_array().unwrap().len(), 2);
+    let first: Vec<f32> = serde_json::from_value(floats["data"][0]["embedding"].clone()).unwrap();
+    let (_, encoded) = post_to(
+        gateway.clone(),
+        "/v1/embeddings",
+        json!({"model": "vectors", "input": "one", "encoding_format": "base64"}),
+    )
+    .await;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(decoded, first);
+
+    let (status, error) = post_to(
+        gateway.clone(),
+        "/v1/embeddings",
+        json!({"model": "vectors", "input": [[1, 2, 3]]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["error"]["param"], "input");
+    let (status, error) = post_to(
+        gateway,
+        "/v1/embeddings",
+        json!({"model": "nope", "input": "x"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error["error"]["code"], "model_not_found");
+}

@@ -43,6 +43,8 @@ try:
     client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
 except openai.NotFoundError as e:
     print("notfound", e.body["code"])
+vectors = client.embeddings.create(model="minilm", input=["a cat", "a dog"])
+print("embeddings", len(vectors.data), len(vectors.data[0].embedding))
 try:
     openai.OpenAI(base_url=base, api_key="plumb_bad", max_retries=0).models.list()
 except openai.AuthenticationError as e:
@@ -55,7 +57,7 @@ fn the_official_openai_client_works_against_plumb_serve() {
     let project = Project::new();
     project.write(
         "plumb.yaml",
-        "gateway:\n  models:\n    echo-model:\n      targets: [{provider: echo}]\n",
+        "gateway:\n  models:\n    echo-model:\n      targets: [{provider: echo}]\n  embeddings:\n    minilm: {provider: local:all-minilm-l6-v2}\n",
     );
     let out = project.plumb(&["keys", "create", "--role", "viewer", "--name", "sdk"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -101,7 +103,11 @@ fn the_official_openai_client_works_against_plumb_serve() {
         "{printed}"
     );
     assert!(printed.contains("stream stream ping True"), "{printed}");
-    assert!(printed.contains("models ['echo-model']"), "{printed}");
+    assert!(
+        printed.contains("models ['echo-model', 'minilm']"),
+        "{printed}"
+    );
+    assert!(printed.contains("embeddings 2 384"), "{printed}");
     assert!(printed.contains("notfound model_not_found"), "{printed}");
     assert!(
         printed.contains("unauthorized invalid_api_key"),
