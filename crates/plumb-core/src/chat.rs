@@ -193,6 +193,11 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     #[serde(default)]
     pub params: ModelParams,
+    /// Request fields plumb has no name for (`user`, `metadata`, a server's own options), as the
+    /// gateway received them: OpenAI-style providers send them on unchanged, others ignore
+    /// them. Empty everywhere else, and then absent from cache keys.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, Value>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -400,7 +400,11 @@ impl Job {
         let test = &suite.tests[self.key.test_idx as usize];
         let messages = render_messages(prompt, &test.vars).map_err(RunError::Internal)?;
         let params = prompt.template.file().params.merged_with(&provider.params);
-        let request = ChatRequest { messages, params };
+        let request = ChatRequest {
+            messages,
+            params,
+            ..ChatRequest::default()
+        };
 
         let _gate = self
             .provider_gate

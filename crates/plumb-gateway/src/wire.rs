@@ -101,8 +101,29 @@ fn unsigned(body: &Map<String, Value>, name: &str) -> Result<Option<u64>, OpenAi
     }
 }
 
-/// Parses a request body. Fields plumb does not use (`user`, `metadata`, `store`…) are
-/// accepted and ignored, as OpenAI-compatible servers do, so every SDK version works.
+/// The fields plumb reads itself; the others are passed through to the upstream.
+const KNOWN_FIELDS: [&str; 17] = [
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "n",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "max_completion_tokens",
+    "seed",
+    "stop",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "logprobs",
+    "top_logprobs",
+];
+
+/// Parses a request body. Fields plumb has no name for (`user`, `metadata`, a server's own
+/// options) land in `ChatRequest::extra` and are passed through by OpenAI-style providers.
 pub fn parse_request(bytes: &[u8]) -> Result<CompletionRequest, OpenAiError> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|error| OpenAiError::invalid(format!("invalid JSON body: {error}"), None))?;
@@ -209,11 +230,21 @@ pub fn parse_request(bytes: &[u8]) -> Result<CompletionRequest, OpenAiError> {
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    // Everything else goes to the upstream as it came (OpenAI-style providers send it on).
+    let extra: Map<String, Value> = body
+        .iter()
+        .filter(|(key, _)| !KNOWN_FIELDS.contains(&key.as_str()))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
     Ok(CompletionRequest {
         model,
         stream,
         include_usage,
-        request: ChatRequest { messages, params },
+        request: ChatRequest {
+            messages,
+            params,
+            extra,
+        },
     })
 }
 

@@ -314,6 +314,7 @@ mod tests {
                 response_format: Some(ResponseFormat::json_schema(json!({"type": "object"}))),
                 ..Default::default()
             },
+            ..ChatRequest::default()
         };
         let body = request_body("claude", &request);
         assert_eq!(body["system"], json!("be brief"));

@@ -211,6 +211,12 @@ pub(crate) fn request_body(model: &str, request: &ChatRequest, flavor: Flavor) -
     set("tool_choice", params.tool_choice.clone());
     set("logprobs", params.logprobs.map(|v| json!(v)));
     set("top_logprobs", params.top_logprobs.map(|v| json!(v)));
+    // Fields the gateway passed through; the ones plumb sets itself win.
+    for (key, value) in &request.extra {
+        if !body.contains_key(key) {
+            body.insert(key.clone(), value.clone());
+        }
+    }
     Value::Object(body)
 }
 
@@ -324,6 +330,7 @@ mod tests {
                 stop: vec!["\n".into()],
                 ..Default::default()
             },
+            ..ChatRequest::default()
         };
         let body = request_body("gpt-4o-mini", &request, Flavor::OpenAi);
         assert_eq!(
@@ -332,6 +339,13 @@ mod tests {
         );
         let body = request_body("m", &request, Flavor::Compatible);
         assert_eq!(body["top_k"], json!(5));
+        // Pass-through fields reach the body; plumb's own fields win over them.
+        let mut passed = request.clone();
+        passed.extra.insert("user".into(), json!("u-1"));
+        passed.extra.insert("temperature".into(), json!(1.5));
+        let body = request_body("m", &passed, Flavor::OpenAi);
+        assert_eq!(body["user"], json!("u-1"));
+        assert_eq!(body["temperature"], json!(0.0));
     }
 
     #[test]

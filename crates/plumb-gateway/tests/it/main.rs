@@ -56,13 +56,19 @@ fn ask(text: &str) -> Value {
 async fn the_first_target_answers_when_healthy() {
     let mock = MockServer::start().await;
     mock.push(Reply::openai_text("from upstream"));
-    let (status, headers, body) = post(gateway(&two_targets(&mock)), ask("hi")).await;
+    let mut request = ask("hi");
+    request["user"] = json!("customer-7");
+    request["metadata"] = json!({"team": "support"});
+    let (status, headers, body) = post(gateway(&two_targets(&mock)), request).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], "from upstream");
     assert_eq!(headers["x-plumb-attempts"], "1");
     let sent = &mock.received()[0].body;
     assert_eq!(sent["model"], "up-model");
+    // Fields plumb has no name for go through unchanged.
+    assert_eq!(sent["user"], "customer-7");
+    assert_eq!(sent["metadata"]["team"], "support");
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@ fn ask(text: &str, params: ModelParams) -> ChatRequest {
     ChatRequest {
         messages: vec![Message::new(Role::User, text)],
         params,
+        ..ChatRequest::default()
     }
 }
 
@@ -265,6 +266,7 @@ async fn chat_models_get_their_own_chat_template() {
             max_tokens: Some(12),
             ..Default::default()
         },
+        ..ChatRequest::default()
     };
     let response = model.chat(&request).await.unwrap();
     // ChatML applied: the instruction model answers instead of continuing the text.

@@ -32,6 +32,7 @@ fn request(text: &str) -> ChatRequest {
             max_tokens: Some(20),
             ..Default::default()
         },
+        ..ChatRequest::default()
     }
 }
 
