@@ -9,6 +9,7 @@
 //!         - provider: openai:gpt-4o-mini
 //!           config: {api_key_env: OPENAI_API_KEY, timeout_ms: 20000}
 //!         - provider: local:gemma3-270m     # fallback when the first fails retryably
+//!       breaker: {failures: 5, cooldown_ms: 30000}   # the defaults
 //!   embeddings:
 //!     minilm: {provider: local:all-minilm-l6-v2}
 //! ```
@@ -18,6 +19,8 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 use plumb_core::{ChatModel, Embedder, SourceError};
+
+use crate::breaker::{Breaker, BreakerPolicy};
 use plumb_provider::{ProviderContext, ProviderOptions};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -51,6 +54,17 @@ struct RawGateway {
 #[serde(deny_unknown_fields)]
 struct RawModel {
     targets: Vec<RawTarget>,
+    #[serde(default)]
+    breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    #[serde(default)]
+    failures: Option<u32>,
+    #[serde(default)]
+    cooldown_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,11 +75,12 @@ struct RawTarget {
     config: Map<String, Value>,
 }
 
-/// One provider a model alias can send a request to.
+/// One provider a model alias can send a request to, with its circuit breaker.
 #[derive(Clone)]
 pub struct Target {
     pub id: String,
     pub model: Arc<dyn ChatModel>,
+    pub breaker: Arc<Breaker>,
 }
 
 impl std::fmt::Debug for Target {
@@ -161,6 +176,20 @@ impl GatewayConfig {
                     "list at least one provider, e.g. `targets: [{provider: openai:gpt-4o-mini}]`",
                 ));
             }
+            let defaults = BreakerPolicy::default();
+            let policy = match model.breaker {
+                Some(raw) => BreakerPolicy {
+                    failures: raw.failures.unwrap_or(defaults.failures),
+                    cooldown: raw
+                        .cooldown_ms
+                        .map(std::time::Duration::from_millis)
+                        .unwrap_or(defaults.cooldown),
+                },
+                None => defaults,
+            };
+            if policy.failures == 0 {
+                return Err(at("breaker.failures must be at least 1".into()));
+            }
             let mut targets = Vec::with_capacity(model.targets.len());
             for (index, target) in model.targets.into_iter().enumerate() {
                 let options: ProviderOptions = serde_json::from_value(Value::Object(target.config))
@@ -174,6 +203,7 @@ impl GatewayConfig {
                 targets.push(Target {
                     id: target.provider,
                     model: built,
+                    breaker: Arc::new(Breaker::new(policy)),
                 });
             }
             routes.insert(alias.clone(), Route { alias, targets });

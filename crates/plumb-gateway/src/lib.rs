@@ -6,6 +6,7 @@
 //! This crate knows the OpenAI wire format and routing; authentication is the server's
 //! (`plumb-server` mounts `router` behind its key check), providers are `plumb-provider`'s.
 
+pub mod breaker;
 pub mod config;
 pub mod wire;
 
@@ -185,8 +186,9 @@ async fn complete(
         error.param = Some("model".into());
         error
     })?;
-    let (target, answer, attempts) = call_route(route, &parsed.request).await;
-    let answer = answer.map_err(|error| upstream_error(&target, &error))?;
+    let (target, answer, attempts) = call_route(route, &parsed.request)
+        .await
+        .map_err(RouteFailure::into_error)?;
     let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
     let created = now_secs();
     let mut response = if parsed.stream {
@@ -214,20 +216,63 @@ async fn complete(
     Ok(response)
 }
 
-/// Tries the route's targets in order; moves on only when the error is one another target can
-/// avoid. Returns the last target tried, its result and the number of attempts.
+/// Why a route produced no answer.
+enum RouteFailure {
+    /// The last target tried failed with this error.
+    Upstream { target: String, error: ModelError },
+    /// Every target's circuit is open; the soonest may be tried again after this long.
+    AllOpen {
+        alias: String,
+        retry_after: std::time::Duration,
+    },
+}
+
+impl RouteFailure {
+    fn into_error(self) -> OpenAiError {
+        match self {
+            RouteFailure::Upstream { target, error } => upstream_error(&target, &error),
+            RouteFailure::AllOpen { alias, retry_after } => {
+                let mut error = OpenAiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "api_error",
+                    Some("circuit_open"),
+                    format!("every target of `{alias}` has been failing; their circuits are open"),
+                );
+                error.retry_after = Some(retry_after.as_secs().max(1));
+                error
+            }
+        }
+    }
+}
+
+/// Tries the route's targets in order, skipping those whose circuit is open; moves on only
+/// when the error is one another target can avoid. Returns the target that answered, the
+/// answer and the number of attempts.
 async fn call_route(
     route: &Route,
     request: &plumb_core::ChatRequest,
-) -> (String, Result<ChatResponse, ModelError>, u32) {
+) -> Result<(String, ChatResponse, u32), RouteFailure> {
     let mut attempts = 0;
     let mut last = None;
+    let mut soonest_retry: Option<std::time::Duration> = None;
     for target in &route.targets {
+        if let breaker::Admission::Open(wait) = target.breaker.admit() {
+            soonest_retry = Some(soonest_retry.map_or(wait, |w| w.min(wait)));
+            continue;
+        }
         attempts += 1;
         match target.model.chat(request).await {
-            Ok(answer) => return (target.id.clone(), Ok(answer), attempts),
+            Ok(answer) => {
+                target.breaker.succeeded();
+                return Ok((target.id.clone(), answer, attempts));
+            }
             Err(error) => {
                 let retryable = error.is_retryable();
+                if retryable {
+                    target.breaker.failed();
+                } else {
+                    target.breaker.released();
+                }
                 last = Some((target.id.clone(), error));
                 if !retryable {
                     break;
@@ -235,17 +280,13 @@ async fn call_route(
             }
         }
     }
-    match last {
-        Some((id, error)) => (id, Err(error), attempts),
-        None => (
-            route.alias.clone(),
-            Err(ModelError::new(
-                ModelErrorKind::Config,
-                "the route has no targets",
-            )),
-            attempts,
-        ),
-    }
+    Err(match last {
+        Some((target, error)) => RouteFailure::Upstream { target, error },
+        None => RouteFailure::AllOpen {
+            alias: route.alias.clone(),
+            retry_after: soonest_retry.unwrap_or_default(),
+        },
+    })
 }
 
 /// An upstream failure in OpenAI's shape. Messages come from `ModelError`, which never holds

@@ -267,3 +267,51 @@ async fn embeddings_in_float_and_base64() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error["error"]["code"], "model_not_found");
 }
+
+#[tokio::test]
+async fn a_failing_target_is_skipped_while_its_circuit_is_open() {
+    let mock = MockServer::start().await;
+    let config = format!(
+        "gateway:\n  models:\n    fast:\n      breaker: {{failures: 2, cooldown_ms: 300}}\n      targets:\n        - provider: openai-compatible:{}#up\n          config: {{api_key: k, max_retries: 0}}\n        - provider: echo\n",
+        mock.openai_base()
+    );
+    let gateway = gateway(&config);
+    mock.push(Reply::openai_error(500, "down"));
+    mock.push(Reply::openai_error(500, "down"));
+    for _ in 0..2 {
+        let (status, headers, _) = post(gateway.clone(), ask("x")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-plumb-attempts"], "2");
+    }
+    // Open: the first target is not even called.
+    let (status, headers, _) = post(gateway.clone(), ask("x")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-plumb-target"], "echo");
+    assert_eq!(headers["x-plumb-attempts"], "1");
+    assert_eq!(mock.received().len(), 2);
+    // After the cooldown one probe goes through; it succeeds and closes the circuit.
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    let (_, headers, _) = post(gateway.clone(), ask("x")).await;
+    assert_ne!(headers["x-plumb-target"], "echo");
+    assert_eq!(mock.received().len(), 3);
+    assert!(!gateway.config.routes["fast"].targets[0].breaker.is_open());
+}
+
+#[tokio::test]
+async fn every_circuit_open_is_a_503_with_retry_after() {
+    let mock = MockServer::start().await;
+    let config = format!(
+        "gateway:\n  models:\n    solo:\n      breaker: {{failures: 1, cooldown_ms: 60000}}\n      targets:\n        - provider: openai-compatible:{}#up\n          config: {{api_key: k, max_retries: 0}}\n",
+        mock.openai_base()
+    );
+    let gateway = gateway(&config);
+    mock.push(Reply::openai_error(502, "bad gateway upstream"));
+    let request = json!({"model": "solo", "messages": [{"role": "user", "content": "x"}]});
+    let (status, _, _) = post(gateway.clone(), request.clone()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let (status, headers, body) = post(gateway, request).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((50..=60).contains(&retry), "{retry}");
+    assert!(body.contains("circuit_open"), "{body}");
+}
