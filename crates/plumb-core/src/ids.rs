@@ -31,6 +31,19 @@ impl fmt::Display for RunId {
     }
 }
 
+/// Milliseconds since the Unix epoch: the time unit of every stored record.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The first 12 hex digits of a content hash, as messages and listings show it.
+pub fn short_hash(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
 /// A hex BLAKE3 hash of `bytes`, used for cache keys and content hashes.
 pub fn hash_hex(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()

@@ -16,5 +16,5 @@ pub use chat::{
 };
 pub use diagnostic::{SourceError, did_you_mean, edit_distance};
 pub use error::{ModelError, ModelErrorKind};
-pub use ids::{RunId, hash_hex};
+pub use ids::{RunId, hash_hex, now_ms, short_hash};
 pub use model::{BoxFuture, ChatModel, Embedder, Pricing};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use plumb_core::{
     ChatModel, ChatRequest, ChatResponse, Embedder, FinishReason, Message, ModelError,
-    ModelErrorKind, ToolCall, Usage, hash_hex,
+    ModelErrorKind, ToolCall, Usage, hash_hex, now_ms,
 };
 use plumb_store::{CaseKey, CaseRecord, RunRecord, RunStatus, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -17,8 +17,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 
 use crate::assertion::{self, AssertionResult, Embeddings, Output};
-use crate::suite::RegistryVersion;
-use crate::suite::{Suite, render_messages};
+use crate::suite::{RegistryVersion, Suite, render_messages};
 
 /// Results are written in one transaction per batch of this many, or sooner (`FLUSH_EVERY`).
 const BATCH: usize = 512;
@@ -372,13 +371,6 @@ async fn wait_cancel(cancel: &AtomicBool) {
     while !cancel.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 struct Job {

@@ -94,13 +94,10 @@ pub enum YamlScope {
 /// the round trip is lossless whatever the content.
 pub fn to_yaml(file: &PromptFile, scope: YamlScope) -> String {
     let view = view(file, scope);
-    let mut expected = file.clone();
-    if scope == YamlScope::Content {
-        expected.description = None;
-        expected.owner = None;
-        expected.risk = None;
-        expected.tags = Vec::new();
-    }
+    let expected = match scope {
+        YamlScope::Full => file.clone(),
+        YamlScope::Content => file.without_metadata(),
+    };
     let block = serde_saphyr::to_string(&view).unwrap_or_default();
     if reads_back(&block, &expected) {
         return block;

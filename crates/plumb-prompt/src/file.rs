@@ -365,6 +365,18 @@ impl PromptFile {
         }
     }
 
+    /// The file without its descriptive metadata (description, owner, risk, tags): what a
+    /// registry version stores and a version file in an export holds.
+    pub fn without_metadata(&self) -> PromptFile {
+        PromptFile {
+            description: None,
+            owner: None,
+            risk: None,
+            tags: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// Hash of the content (messages, few-shot examples, parameters, variables): the identity
     /// of a version. Name and descriptive metadata are left out, so renaming or re-describing a
     /// prompt is not a new version, and an eval of a working file counts for the registry

@@ -35,6 +35,17 @@ impl Role {
         }
     }
 
+    /// `text` as a role, or the hint for an unknown one (the closest role, every accepted one).
+    pub fn parse_or_hint(text: &str) -> Result<Role, String> {
+        Role::parse(text).ok_or_else(|| {
+            let accepted = Role::ALL.join(", ");
+            match plumb_core::did_you_mean(text, Role::ALL) {
+                Some(best) => format!("did you mean `{best}`? accepted: {accepted}"),
+                None => format!("accepted: {accepted}"),
+            }
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",

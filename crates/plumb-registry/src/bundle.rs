@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Actor, Role};
 use crate::error::RegistryError;
-use crate::{Registry, content_of, now_ms};
+use crate::{Registry, now_ms};
 
 pub const PROMPT_FILE: &str = "prompt.yaml";
 
@@ -356,7 +356,7 @@ fn read_bundle(folder: &Path) -> Result<PromptBundle, RegistryError> {
             message: entry.message.clone(),
             author: entry.author.clone(),
             created_at: parse_time(&entry.created_at, &path, "created_at")?,
-            content: serde_json::to_string(&content_of(&file))
+            content: serde_json::to_string(&file.without_metadata())
                 .map_err(|e| RegistryError::Internal(e.to_string()))?,
         });
     }

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
-use plumb_core::{SourceError, did_you_mean};
+use plumb_core::SourceError;
 use serde::Deserialize;
 
 use crate::auth::Role;
@@ -98,18 +98,12 @@ impl ProjectConfig {
             };
             let role = match policy.role.as_deref() {
                 None => default_role,
-                Some(text) => Role::parse(text).ok_or_else(|| {
-                    let error = SourceError::in_file(
+                Some(text) => Role::parse_or_hint(text).map_err(|hint| {
+                    SourceError::in_file(
                         path,
                         format!("promotion.{label}.role: unknown role `{text}`"),
-                    );
-                    match did_you_mean(text, Role::ALL) {
-                        Some(best) => error.with_hint(format!(
-                            "did you mean `{best}`? accepted: {}",
-                            Role::ALL.join(", ")
-                        )),
-                        None => error.with_hint(format!("accepted: {}", Role::ALL.join(", "))),
-                    }
+                    )
+                    .with_hint(hint)
                 })?,
             };
             // Configuration can raise the bar for a protected label, never lower it.

@@ -28,18 +28,12 @@ use serde::Serialize;
 pub use auth::{Actor, Role};
 pub use config::{LabelPolicy, ProjectConfig};
 pub use error::RegistryError;
+pub use plumb_core::now_ms;
 pub use policy::Evidence;
 
 /// Both halves of the database: runs (for evidence) and the registry.
 pub trait Db: Store + RegistryStore {}
 impl<T: Store + RegistryStore> Db for T {}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 pub struct Registry {
     db: Arc<dyn Db>,
@@ -146,11 +140,6 @@ impl Registry {
         Ok(self.db.versions(name)?)
     }
 
-    pub fn label_history(&self, name: &str) -> Result<Vec<LabelMove>, RegistryError> {
-        self.prompt_record(name)?;
-        Ok(self.db.label_history(name)?)
-    }
-
     /// The version number `selector` means for `prompt`.
     fn version_number(
         &self,
@@ -167,27 +156,21 @@ impl Registry {
                     prompt.latest_version, prompt.name
                 )),
             )),
-            Selector::Label(label) => prompt
-                .labels
-                .iter()
-                .find(|l| l.label == *label)
-                .map(|l| l.version)
-                .ok_or_else(|| {
-                    let labels: Vec<&str> =
-                        prompt.labels.iter().map(|l| l.label.as_str()).collect();
-                    let hint = match plumb_core::did_you_mean(label, labels.iter().copied()) {
-                        Some(best) => format!("did you mean `{best}`?"),
-                        None if labels.is_empty() => format!(
-                            "{} has no labels yet: `plumb prompt label {} VERSION {label}` sets one",
-                            prompt.name, prompt.name
-                        ),
-                        None => format!("labels: {}", labels.join(", ")),
-                    };
-                    RegistryError::not_found(
-                        format!("{} has no label `{label}`", prompt.name),
-                        Some(hint),
-                    )
-                }),
+            Selector::Label(label) => prompt.label(label).ok_or_else(|| {
+                let labels: Vec<&str> = prompt.labels.iter().map(|l| l.label.as_str()).collect();
+                let hint = match plumb_core::did_you_mean(label, labels.iter().copied()) {
+                    Some(best) => format!("did you mean `{best}`?"),
+                    None if labels.is_empty() => format!(
+                        "{} has no labels yet: `plumb prompt label {} VERSION {label}` sets one",
+                        prompt.name, prompt.name
+                    ),
+                    None => format!("labels: {}", labels.join(", ")),
+                };
+                RegistryError::not_found(
+                    format!("{} has no label `{label}`", prompt.name),
+                    Some(hint),
+                )
+            }),
         }
     }
 
@@ -306,11 +289,7 @@ impl Registry {
         let target = self.version_number(&prompt, selector)?;
         let required = self.config.role_for(label);
         actor.require(required, &format!("moving `{label}`"))?;
-        let current = prompt
-            .labels
-            .iter()
-            .find(|l| l.label == label)
-            .map(|l| l.version);
+        let current = prompt.label(label);
         let unmoved = LabelOutcome {
             name: name.to_owned(),
             label: label.to_owned(),
@@ -324,7 +303,7 @@ impl Registry {
         if current == Some(target) {
             return Ok(unmoved);
         }
-        let (evidence, missing) = self.check_promotion(name, label, target)?;
+        let (evidence, missing) = self.policy_check(&prompt, label, target)?;
         let forced = !missing.is_empty();
         if forced {
             if !options.force {
@@ -376,6 +355,17 @@ impl Registry {
         label: &str,
         version: u64,
     ) -> Result<(Option<Evidence>, Vec<String>), RegistryError> {
+        let prompt = self.prompt_record(name)?;
+        self.policy_check(&prompt, label, version)
+    }
+
+    fn policy_check(
+        &self,
+        prompt: &PromptRecord,
+        label: &str,
+        version: u64,
+    ) -> Result<(Option<Evidence>, Vec<String>), RegistryError> {
+        let name = prompt.name.as_str();
         let Some(policy) = self.config.promotion.get(label) else {
             if config::PROTECTED.contains(&label) {
                 let place = match &self.config.path {
@@ -391,12 +381,11 @@ impl Registry {
             }
             return Ok((None, Vec::new()));
         };
-        let prompt = self.prompt_record(name)?;
         let target = self.db.version(name, version)?.ok_or_else(|| {
             RegistryError::not_found(format!("{name} has no version {version}"), None)
         })?;
-        let current = match prompt.labels.iter().find(|l| l.label == label) {
-            Some(l) => self.db.version(name, l.version)?,
+        let current = match prompt.label(label) {
+            Some(current) => self.db.version(name, current)?,
             None => None,
         };
         let (evidence, missing) = policy::evaluate(self, policy, label, &target, current.as_ref())?;
@@ -416,14 +405,7 @@ impl Registry {
             self.config.role_for(label),
             &format!("rolling back `{label}`"),
         )?;
-        let current = prompt
-            .labels
-            .iter()
-            .find(|l| l.label == label)
-            .map(|l| l.version)
-            .ok_or_else(|| {
-                RegistryError::not_found(format!("{name} has no label `{label}`"), None)
-            })?;
+        let current = self.version_number(&prompt, &Selector::Label(label.to_owned()))?;
         let history = self.db.label_history(name)?;
         let stack = deployment_stack(&history, label);
         let Some(previous) = stack
@@ -442,12 +424,29 @@ impl Registry {
                 )),
             });
         };
+        self.plain_move(&prompt, label, current, Some(previous), actor, reason)
+    }
+
+    /// A rollback or removal: no policy, recorded like every move.
+    fn plain_move(
+        &self,
+        prompt: &PromptRecord,
+        label: &str,
+        current: u64,
+        to: Option<u64>,
+        actor: &Actor,
+        reason: Option<String>,
+    ) -> Result<LabelOutcome, RegistryError> {
         self.db.move_label(&NewLabelMove {
-            name: name.to_owned(),
+            name: prompt.name.clone(),
             label: label.to_owned(),
             expected: Some(current),
-            to: Some(previous),
-            kind: MoveKind::Rollback,
+            to,
+            kind: if to.is_some() {
+                MoveKind::Rollback
+            } else {
+                MoveKind::Remove
+            },
             actor: actor.name.clone(),
             at: now_ms(),
             reason,
@@ -455,10 +454,10 @@ impl Registry {
             forced: false,
         })?;
         Ok(LabelOutcome {
-            name: name.to_owned(),
+            name: prompt.name.clone(),
             label: label.to_owned(),
             from: Some(current),
-            to: Some(previous),
+            to,
             moved: true,
             forced: false,
             evidence: None,
@@ -476,36 +475,8 @@ impl Registry {
     ) -> Result<LabelOutcome, RegistryError> {
         let prompt = self.prompt_record(name)?;
         actor.require(self.config.role_for(label), &format!("removing `{label}`"))?;
-        let current = prompt
-            .labels
-            .iter()
-            .find(|l| l.label == label)
-            .map(|l| l.version)
-            .ok_or_else(|| {
-                RegistryError::not_found(format!("{name} has no label `{label}`"), None)
-            })?;
-        self.db.move_label(&NewLabelMove {
-            name: name.to_owned(),
-            label: label.to_owned(),
-            expected: Some(current),
-            to: None,
-            kind: MoveKind::Remove,
-            actor: actor.name.clone(),
-            at: now_ms(),
-            reason,
-            details: None,
-            forced: false,
-        })?;
-        Ok(LabelOutcome {
-            name: name.to_owned(),
-            label: label.to_owned(),
-            from: Some(current),
-            to: None,
-            moved: true,
-            forced: false,
-            evidence: None,
-            overridden: Vec::new(),
-        })
+        let current = self.version_number(&prompt, &Selector::Label(label.to_owned()))?;
+        self.plain_move(&prompt, label, current, None, actor, reason)
     }
 
     pub fn deprecate(
@@ -590,22 +561,45 @@ impl PromptSource for Registry {
             Some(hint) => format!("{error} ({hint})"),
             None => error.to_string(),
         })?;
-        let warning = resolved.prompt.deprecation.as_ref().map(|deprecation| {
-            let mut text = format!("{reference} is deprecated");
-            if let Some(replacement) = &deprecation.replacement {
-                text.push_str(&format!("; use {replacement}"));
-            }
-            if !deprecation.reason.is_empty() {
-                text.push_str(&format!(" ({})", deprecation.reason));
-            }
-            text
-        });
         Ok(ResolvedPrompt {
+            warning: deprecation_notice(&resolved.prompt),
             file: resolved.file,
             version: resolved.version.version,
-            warning,
         })
     }
+}
+
+/// A prompt as JSON (the API's `GET /prompts` item and `plumb prompt list --json`).
+pub fn prompt_json(prompt: &PromptRecord) -> serde_json::Value {
+    let labels: serde_json::Map<String, serde_json::Value> = prompt
+        .labels
+        .iter()
+        .map(|l| (l.label.clone(), serde_json::json!(l.version)))
+        .collect();
+    serde_json::json!({
+        "name": prompt.name,
+        "latest_version": prompt.latest_version,
+        "created_at": prompt.created_at,
+        "description": prompt.meta.description,
+        "owner": prompt.meta.owner,
+        "risk": prompt.meta.risk,
+        "tags": prompt.meta.tags,
+        "labels": labels,
+        "deprecated": prompt.deprecation,
+    })
+}
+
+/// `triage is deprecated; use triage-v2 (reason)`, for a deprecated prompt.
+pub fn deprecation_notice(prompt: &PromptRecord) -> Option<String> {
+    let deprecation = prompt.deprecation.as_ref()?;
+    let mut text = format!("{} is deprecated", prompt.name);
+    if let Some(replacement) = &deprecation.replacement {
+        text.push_str(&format!("; use {replacement}"));
+    }
+    if !deprecation.reason.is_empty() {
+        text.push_str(&format!(" ({})", deprecation.reason));
+    }
+    Some(text)
 }
 
 fn refusal(name: &str, label: &str, target: u64, missing: Vec<String>) -> RegistryError {
@@ -668,18 +662,9 @@ fn meta_of(file: &PromptFile) -> PromptMeta {
     }
 }
 
-/// A version's stored content: the file without its descriptive metadata.
-pub fn content_of(file: &PromptFile) -> PromptFile {
-    let mut content = file.clone();
-    content.description = None;
-    content.owner = None;
-    content.risk = None;
-    content.tags = Vec::new();
-    content
-}
-
 fn content_json(file: &PromptFile) -> Result<String, RegistryError> {
-    serde_json::to_string(&content_of(file)).map_err(|e| RegistryError::Internal(e.to_string()))
+    serde_json::to_string(&file.without_metadata())
+        .map_err(|e| RegistryError::Internal(e.to_string()))
 }
 
 /// A version's file with the prompt's descriptive metadata put back.

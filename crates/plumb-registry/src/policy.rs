@@ -5,8 +5,9 @@
 
 use std::path::Path;
 
+use plumb_core::short_hash;
 use plumb_eval::runner::RunConfig;
-use plumb_eval::summary::{self, Cell, Summary};
+use plumb_eval::summary::{self, Cell, Outcomes, Summary};
 use plumb_eval::{Suite, Thresholds};
 use plumb_store::{RunRecord, RunStatus, VersionRecord};
 use serde::Serialize;
@@ -56,8 +57,6 @@ struct RunOf {
     config: RunConfig,
 }
 
-use plumb_eval::summary::Outcomes;
-
 pub(crate) fn evaluate(
     registry: &Registry,
     policy: &LabelPolicy,
@@ -102,7 +101,7 @@ pub(crate) fn evaluate(
         if with_target.is_empty() {
             missing.push(format!(
                 "no completed run of {suite_name} evaluated {target_label} (content {})",
-                short(&target.hash)
+                short_hash(&target.hash)
             ));
             continue;
         }
@@ -163,7 +162,7 @@ pub(crate) fn evaluate(
                 missing.push(format!(
                     "no completed run of {suite_name} (as it is now) evaluated {current_label}, so a regression cannot be ruled out; put `{name}@{label}` next to the new version in the suite's prompts"
                 ));
-                suite_evidence_push(&mut evidence, suite_evidence);
+                evidence.suites.push(suite_evidence);
                 continue;
             };
             let baseline: (Summary, Outcomes) = if baseline_run.record.id == run.record.id {
@@ -200,13 +199,9 @@ pub(crate) fn evaluate(
                 });
             }
         }
-        suite_evidence_push(&mut evidence, suite_evidence);
+        evidence.suites.push(suite_evidence);
     }
     Ok((evidence, missing))
-}
-
-fn suite_evidence_push(evidence: &mut Evidence, suite: SuiteEvidence) {
-    evidence.suites.push(suite);
 }
 
 fn load_gate(path: &Path) -> Result<(String, Thresholds), String> {
@@ -232,8 +227,4 @@ fn cells_for(summary: &Summary, config: &RunConfig, hash: &str) -> Vec<Cell> {
         })
         .cloned()
         .collect()
-}
-
-fn short(hash: &str) -> &str {
-    hash.get(..12).unwrap_or(hash)
 }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use plumb_prompt::{PromptFile, PromptRef, PromptTemplate, Selector};
-use plumb_registry::{Actor, MoveOptions, PushOptions, RegistryError, Role, auth};
+use plumb_registry::{Actor, MoveOptions, PushOptions, RegistryError, Role, auth, prompt_json};
 use plumb_store::{AuditFilter, PromptRecord, VersionRecord};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -98,13 +98,14 @@ async fn authenticate(
         },
         AuthMode::Keys => {
             let headers = request.headers();
-            let presented = headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer ").or(v.strip_prefix("bearer ")))
-                .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-                .map(|v| v.trim().to_owned());
-            let Some(secret) = presented.filter(|s| !s.is_empty()) else {
+            let presented = bearer(headers).or_else(|| {
+                headers
+                    .get("x-api-key")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.trim().to_owned())
+                    .filter(|v| !v.is_empty())
+            });
+            let Some(secret) = presented else {
                 return Err(ApiError::unauthorized("missing API key"));
             };
             let found = verify(&state, secret).await?;
@@ -119,6 +120,16 @@ async fn authenticate(
             .insert("x-plumb-dev-mode", HeaderValue::from_static("no-auth"));
     }
     Ok(response)
+}
+
+/// The key in `Authorization: Bearer …`, if any.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or(v.strip_prefix("bearer ")))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 /// The actor behind `secret`: from the key cache, else from the database (then cached).
@@ -149,13 +160,7 @@ async fn authenticate_openai(
             .insert("x-plumb-dev-mode", HeaderValue::from_static("no-auth"));
         return response;
     }
-    let presented = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or(v.strip_prefix("bearer ")))
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty());
+    let presented = bearer(request.headers());
     let unauthorized = |message: &str| {
         plumb_gateway::wire::OpenAiError::new(
             StatusCode::UNAUTHORIZED,
@@ -209,26 +214,27 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
+/// Like `parse_body`, for endpoints whose body may be left out.
+fn parse_optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        Ok(T::default())
+    } else {
+        parse_body(body)
+    }
+}
+
 fn need_viewer(actor: &Actor) -> Result<(), ApiError> {
     actor
         .require(Role::Viewer, "reading")
         .map_err(ApiError::from)
 }
 
-fn prompt_json(prompt: &PromptRecord) -> Value {
-    json!({
-        "name": prompt.name,
-        "latest_version": prompt.latest_version,
-        "created_at": prompt.created_at,
-        "description": prompt.meta.description,
-        "owner": prompt.meta.owner,
-        "risk": prompt.meta.risk,
-        "tags": prompt.meta.tags,
-        "labels": prompt.labels.iter().map(|l| (l.label.clone(), json!(l.version))).collect::<Map<_, _>>(),
-        "deprecated": prompt.deprecation.as_ref().map(|d| json!({
-            "replacement": d.replacement, "reason": d.reason, "at": d.at, "by": d.by,
-        })),
-    })
+/// Every version of `prompt`, without content, with the labels on each.
+fn versions_json(prompt: &PromptRecord, versions: &[VersionRecord]) -> Vec<Value> {
+    versions
+        .iter()
+        .map(|v| version_json(v, &prompt.labels_at(v.version), None))
+        .collect()
 }
 
 fn version_json(version: &VersionRecord, labels: &[String], file: Option<&PromptFile>) -> Value {
@@ -249,15 +255,6 @@ fn version_json(version: &VersionRecord, labels: &[String], file: Option<&Prompt
         );
     }
     value
-}
-
-fn labels_at(prompt: &PromptRecord, version: u64) -> Vec<String> {
-    prompt
-        .labels
-        .iter()
-        .filter(|l| l.version == version)
-        .map(|l| l.label.clone())
-        .collect()
 }
 
 async fn whoami(Extension(actor): Extension<Actor>) -> Json<Value> {
@@ -282,19 +279,13 @@ async fn get_prompt(
     need_viewer(&actor)?;
     let (prompt, versions) = blocking(move || {
         let prompt = state.registry.prompt(&name)?;
-        let versions = state.registry.versions(&name)?;
+        let versions = state.registry.db().versions(&name)?;
         Ok((prompt, versions))
     })
     .await?;
     let mut value = prompt_json(&prompt);
     if let Some(object) = value.as_object_mut() {
-        object.insert(
-            "versions".into(),
-            versions
-                .iter()
-                .map(|v| version_json(v, &labels_at(&prompt, v.version), None))
-                .collect(),
-        );
+        object.insert("versions".into(), versions_json(&prompt, &versions).into());
     }
     Ok(Json(value).into_response())
 }
@@ -308,15 +299,11 @@ async fn list_versions(
     let (prompt, versions) = blocking(move || {
         Ok((
             state.registry.prompt(&name)?,
-            state.registry.versions(&name)?,
+            state.registry.db().versions(&name)?,
         ))
     })
     .await?;
-    let list: Vec<Value> = versions
-        .iter()
-        .map(|v| version_json(v, &labels_at(&prompt, v.version), None))
-        .collect();
-    Ok(Json(json!({ "versions": list })).into_response())
+    Ok(Json(json!({ "versions": versions_json(&prompt, &versions) })).into_response())
 }
 
 async fn get_version(
@@ -330,7 +317,7 @@ async fn get_version(
     let resolved = blocking(move || state.registry.resolve(&reference)).await?;
     Ok(Json(version_json(
         &resolved.version,
-        &labels_at(&resolved.prompt, resolved.version.version),
+        &resolved.prompt.labels_at(resolved.version.version),
         Some(&resolved.file),
     ))
     .into_response())
@@ -345,7 +332,7 @@ async fn list_labels(
     let (prompt, history) = blocking(move || {
         Ok((
             state.registry.prompt(&name)?,
-            state.registry.label_history(&name)?,
+            state.registry.db().label_history(&name)?,
         ))
     })
     .await?;
@@ -477,11 +464,7 @@ async fn remove_label(
     UrlPath((name, label)): UrlPath<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    let body: RollbackBody = if body.is_empty() {
-        RollbackBody::default()
-    } else {
-        parse_body(&body)?
-    };
+    let body: RollbackBody = parse_optional_body(&body)?;
     let outcome = blocking(move || {
         state
             .registry
@@ -504,11 +487,7 @@ async fn rollback_label(
     UrlPath((name, label)): UrlPath<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    let body: RollbackBody = if body.is_empty() {
-        RollbackBody::default()
-    } else {
-        parse_body(&body)?
-    };
+    let body: RollbackBody = parse_optional_body(&body)?;
     let outcome =
         blocking(move || state.registry.rollback(&name, &label, &actor, body.reason)).await?;
     Ok(Json(json!(outcome)).into_response())
@@ -564,7 +543,7 @@ async fn resolve(
         "version": resolved.version.version,
         "hash": resolved.version.hash,
         "semver": resolved.version.semver,
-        "labels": labels_at(&resolved.prompt, resolved.version.version),
+        "labels": resolved.prompt.labels_at(resolved.version.version),
         "deprecated": resolved.prompt.deprecation.as_ref().map(|d| json!({"replacement": d.replacement, "reason": d.reason})),
         "prompt": plumb_prompt::to_value(&resolved.file, plumb_prompt::YamlScope::Full),
     });
@@ -592,11 +571,7 @@ async fn render(
 ) -> ApiResult {
     need_viewer(&actor)?;
     let reference = parse_reference(&reference)?;
-    let body: RenderBody = if body.is_empty() {
-        RenderBody::default()
-    } else {
-        parse_body(&body)?
-    };
+    let body: RenderBody = parse_optional_body(&body)?;
     let resolved = blocking(move || state.registry.resolve(&reference)).await?;
     let version = resolved.version.version;
     let template = PromptTemplate::compile(resolved.file).map_err(|e| {

@@ -52,6 +52,25 @@ pub struct PromptRecord {
     pub labels: Vec<LabelRecord>,
 }
 
+impl PromptRecord {
+    /// The version `label` points at.
+    pub fn label(&self, label: &str) -> Option<u64> {
+        self.labels
+            .iter()
+            .find(|l| l.label == label)
+            .map(|l| l.version)
+    }
+
+    /// The labels pointing at `version`.
+    pub fn labels_at(&self, version: u64) -> Vec<String> {
+        self.labels
+            .iter()
+            .filter(|l| l.version == version)
+            .map(|l| l.label.clone())
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VersionRecord {
     pub name: String,

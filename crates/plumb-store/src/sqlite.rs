@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use plumb_core::now_ms;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{CaseKey, CaseRecord, RunRecord, RunStatus, Store, StoreError};
@@ -235,13 +236,6 @@ fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
 }
 
 const RUN_COLUMNS: &str = "id, created_at, suite_path, description, status, config, summary";
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 impl Store for SqliteStore {
     fn create_run(&self, run: &RunRecord) -> Result<(), StoreError> {

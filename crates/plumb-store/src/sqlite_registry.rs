@@ -2,6 +2,7 @@
 //! pushing to one prompt are serialized by SQLite's write lock (each waits up to the busy
 //! timeout) and get consecutive version numbers.
 
+use plumb_core::short_hash;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::StoreError;
@@ -58,6 +59,51 @@ fn insert_audit(transaction: &Transaction<'_>, entry: &NewAudit) -> Result<i64, 
         ],
     )?;
     Ok(transaction.last_insert_rowid())
+}
+
+/// Versions are numbered by the caller (push: latest + 1; import: as exported). The version's
+/// `name` is the prompt it belongs to.
+fn insert_version(
+    transaction: &Transaction<'_>,
+    version: &VersionRecord,
+) -> Result<(), StoreError> {
+    transaction.execute(
+        &format!(
+            "INSERT INTO prompt_versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        ),
+        params![
+            version.name,
+            version.version as i64,
+            version.hash,
+            version.semver,
+            version.message,
+            version.author,
+            version.created_at,
+            version.content
+        ],
+    )?;
+    Ok(())
+}
+
+fn insert_move(
+    transaction: &Transaction<'_>,
+    name: &str,
+    entry: &LabelMove,
+) -> Result<(), StoreError> {
+    transaction.execute(
+        "INSERT INTO label_moves (name, label, from_version, to_version, kind, at, actor) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            name,
+            entry.label,
+            entry.from.map(|v| v as i64),
+            entry.to.map(|v| v as i64),
+            entry.kind.as_str(),
+            entry.at,
+            entry.actor
+        ],
+    )?;
+    Ok(())
 }
 
 fn version_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
@@ -228,20 +274,18 @@ impl RegistryStore for SqliteStore {
                 }
             }
             let number = latest.as_ref().map(|(n, _)| *n).unwrap_or(0) + 1;
-            transaction.execute(
-                &format!(
-                    "INSERT INTO prompt_versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-                ),
-                params![
-                    version.name,
-                    number as i64,
-                    version.hash,
-                    version.semver,
-                    version.message,
-                    version.author,
-                    version.at,
-                    version.content
-                ],
+            insert_version(
+                transaction,
+                &VersionRecord {
+                    name: version.name.clone(),
+                    version: number,
+                    hash: version.hash.clone(),
+                    semver: version.semver.clone(),
+                    message: version.message.clone(),
+                    author: version.author.clone(),
+                    created_at: version.at,
+                    content: version.content.clone(),
+                },
             )?;
             insert_audit(
                 transaction,
@@ -251,8 +295,8 @@ impl RegistryStore for SqliteStore {
                     action: "push".into(),
                     target: version.name.clone(),
                     reason: (!version.message.is_empty()).then(|| version.message.clone()),
-                    before: latest.map(|(n, h)| format!("v{n} {}", short(&h))),
-                    after: Some(format!("v{number} {}", short(&version.hash))),
+                    before: latest.map(|(n, h)| format!("v{n} {}", short_hash(&h))),
+                    after: Some(format!("v{number} {}", short_hash(&version.hash))),
                     ..NewAudit::default()
                 },
             )?;
@@ -400,18 +444,17 @@ impl RegistryStore for SqliteStore {
                     )?;
                 }
             }
-            transaction.execute(
-                "INSERT INTO label_moves (name, label, from_version, to_version, kind, at, actor) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    change.name,
-                    change.label,
-                    current.map(|v| v as i64),
-                    change.to.map(|v| v as i64),
-                    change.kind.as_str(),
-                    change.at,
-                    change.actor
-                ],
+            insert_move(
+                transaction,
+                &change.name,
+                &LabelMove {
+                    label: change.label.clone(),
+                    from: current,
+                    to: change.to,
+                    kind: change.kind,
+                    at: change.at,
+                    actor: change.actor.clone(),
+                },
             )?;
             let action = match (change.kind, change.to) {
                 (MoveKind::Rollback, _) => "rollback",
@@ -621,8 +664,8 @@ fn import_one(
                 return Err(StoreError::Conflict(format!(
                     "{}: version {number} here has content {} but the import has {}",
                     bundle.name,
-                    short(hash),
-                    short(&imported.hash)
+                    short_hash(hash),
+                    short_hash(&imported.hash)
                 )));
             }
             None => {
@@ -652,21 +695,7 @@ fn import_one(
         if existing.iter().any(|(n, _)| *n == version.version) {
             continue;
         }
-        transaction.execute(
-            &format!(
-                "INSERT INTO prompt_versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-            ),
-            params![
-                bundle.name,
-                version.version as i64,
-                version.hash,
-                version.semver,
-                version.message,
-                version.author,
-                version.created_at,
-                version.content
-            ],
-        )?;
+        insert_version(transaction, version)?;
         added += 1;
     }
     // Labels and their history come as exported: the export is the newer truth.
@@ -679,19 +708,7 @@ fn import_one(
         if (index as i64) < history_here {
             continue;
         }
-        transaction.execute(
-            "INSERT INTO label_moves (name, label, from_version, to_version, kind, at, actor) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                bundle.name,
-                entry.label,
-                entry.from.map(|v| v as i64),
-                entry.to.map(|v| v as i64),
-                entry.kind.as_str(),
-                entry.at,
-                entry.actor
-            ],
-        )?;
+        insert_move(transaction, &bundle.name, entry)?;
     }
     transaction.execute("DELETE FROM labels WHERE name = ?1", params![bundle.name])?;
     for label in &bundle.labels {
@@ -725,8 +742,4 @@ fn import_one(
         added,
         created,
     })
-}
-
-fn short(hash: &str) -> &str {
-    hash.get(..12).unwrap_or(hash)
 }

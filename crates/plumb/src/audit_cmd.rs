@@ -48,9 +48,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Ok);
     }
     for entry in entries {
-        let when = jiff::Timestamp::from_millisecond(entry.at)
-            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
-            .unwrap_or_default();
+        let when = project::utc_time(entry.at, "%Y-%m-%d %H:%M:%S");
         let change = match (&entry.before, &entry.after) {
             (Some(before), Some(after)) => format!("{before} → {after}"),
             (None, Some(after)) => after.clone(),

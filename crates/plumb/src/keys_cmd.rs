@@ -47,15 +47,8 @@ pub fn run(command: KeysCommand) -> anyhow::Result<Outcome> {
             json,
             store,
         } => {
-            let Some(parsed) = Role::parse(&role) else {
-                let hint = match plumb_core::did_you_mean(&role, Role::ALL) {
-                    Some(best) => {
-                        format!("did you mean `{best}`? accepted: {}", Role::ALL.join(", "))
-                    }
-                    None => format!("accepted: {}", Role::ALL.join(", ")),
-                };
-                return Err(user_error(format!("unknown role `{role}`"), Some(hint)));
-            };
+            let parsed = Role::parse_or_hint(&role)
+                .map_err(|hint| user_error(format!("unknown role `{role}`"), Some(hint)))?;
             let db = project::open_db(store.db.as_deref(), &cwd)?;
             let key =
                 auth::create_key(db.as_ref(), &name, parsed, &Actor::local()).map_err(cli_error)?;
@@ -84,19 +77,16 @@ pub fn run(command: KeysCommand) -> anyhow::Result<Outcome> {
                 "{:<10} {:<20} {:<9} {:<17} {:<17} status",
                 "id", "name", "role", "created", "last used"
             );
-            let time = |ms: i64| {
-                jiff::Timestamp::from_millisecond(ms)
-                    .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())
-                    .unwrap_or_default()
-            };
             for key in keys {
                 println!(
                     "{:<10} {:<20} {:<9} {:<17} {:<17} {}",
                     key.id,
                     key.name,
                     key.role,
-                    time(key.created_at),
-                    key.last_used_at.map(time).unwrap_or("-".into()),
+                    project::utc_minute(key.created_at),
+                    key.last_used_at
+                        .map(project::utc_minute)
+                        .unwrap_or("-".into()),
                     if key.revoked_at.is_some() {
                         "revoked"
                     } else {

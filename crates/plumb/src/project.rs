@@ -58,6 +58,18 @@ pub fn current_dir() -> anyhow::Result<PathBuf> {
         .map_err(|error| user_error(format!("cannot read the current directory: {error}"), None))
 }
 
+/// `2026-11-22 08:54` (UTC) for listings.
+pub fn utc_minute(ms: i64) -> String {
+    utc_time(ms, "%Y-%m-%d %H:%M")
+}
+
+/// A stored time (Unix milliseconds) in UTC with a strftime `format`.
+pub fn utc_time(ms: i64, format: &str) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime(format).to_string())
+        .unwrap_or_default()
+}
+
 /// Color only on terminals, and never when `NO_COLOR` is set.
 pub fn use_color(stream: &impl IsTerminal) -> bool {
     stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())

@@ -5,8 +5,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
+use plumb_core::short_hash;
 use plumb_prompt::diff::{DiffStyle, diff};
-use plumb_prompt::lint::{self, Severity};
+use plumb_prompt::lint;
 use plumb_prompt::{PromptFile, PromptRef, PromptTemplate, Selector, VarType, YamlScope};
 use plumb_registry::{Actor, MoveOptions, PushOptions, Registry, RegistryError, bundle};
 use plumb_store::PromptRecord;
@@ -196,16 +197,6 @@ fn default_paths(paths: Vec<PathBuf>, cwd: &Path) -> anyhow::Result<Vec<PathBuf>
     }
 }
 
-fn time(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())
-        .unwrap_or_default()
-}
-
-fn short(hash: &str) -> &str {
-    hash.get(..12).unwrap_or(hash)
-}
-
 fn print_json(value: &Value) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
@@ -253,7 +244,7 @@ pub fn run(command: PromptCommand) -> anyhow::Result<Outcome> {
                         "pushed {} v{} {}{source}",
                         report.name,
                         report.version,
-                        short(&report.hash)
+                        short_hash(&report.hash)
                     );
                 } else {
                     println!(
@@ -274,18 +265,7 @@ pub fn run(command: PromptCommand) -> anyhow::Result<Outcome> {
             let registry = open(&store)?;
             let prompts = registry.list().map_err(cli_error)?;
             if json {
-                let list: Vec<Value> = prompts
-                    .iter()
-                    .map(|p| {
-                        json!({
-                            "name": p.name, "latest_version": p.latest_version,
-                            "labels": p.labels.iter().map(|l| (l.label.clone(), json!(l.version))).collect::<Map<_, _>>(),
-                            "owner": p.meta.owner, "risk": p.meta.risk, "tags": p.meta.tags,
-                            "description": p.meta.description,
-                            "deprecated": p.deprecation.is_some(),
-                        })
-                    })
-                    .collect();
+                let list: Vec<Value> = prompts.iter().map(plumb_registry::prompt_json).collect();
                 print_json(&json!(list))?;
                 return Ok(Outcome::Ok);
             }
@@ -327,30 +307,11 @@ pub fn run(command: PromptCommand) -> anyhow::Result<Outcome> {
         } => {
             let registry = open(&store)?;
             let resolved = registry.resolve_str(&reference).map_err(cli_error)?;
-            if let Some(deprecation) = &resolved.prompt.deprecation {
-                eprintln!(
-                    "warning: {} is deprecated{}{}",
-                    resolved.prompt.name,
-                    deprecation
-                        .replacement
-                        .as_ref()
-                        .map(|r| format!("; use {r}"))
-                        .unwrap_or_default(),
-                    if deprecation.reason.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", deprecation.reason)
-                    }
-                );
+            if let Some(notice) = plumb_registry::deprecation_notice(&resolved.prompt) {
+                eprintln!("warning: {notice}");
             }
             let version = &resolved.version;
-            let labels: Vec<String> = resolved
-                .prompt
-                .labels
-                .iter()
-                .filter(|l| l.version == version.version)
-                .map(|l| l.label.clone())
-                .collect();
+            let labels = resolved.prompt.labels_at(version.version);
             if render {
                 let values = parse_vars(&vars, &resolved.file)?;
                 let template = PromptTemplate::compile(resolved.file.clone())
@@ -388,9 +349,9 @@ pub fn run(command: PromptCommand) -> anyhow::Result<Outcome> {
                     .as_ref()
                     .map(|s| format!(" ({s})"))
                     .unwrap_or_default(),
-                short(&version.hash),
+                short_hash(&version.hash),
                 version.author,
-                time(version.created_at)
+                project::utc_minute(version.created_at)
             );
             if !version.message.is_empty() {
                 println!("# {}", version.message);
@@ -404,8 +365,8 @@ pub fn run(command: PromptCommand) -> anyhow::Result<Outcome> {
         PromptCommand::History { name, json, store } => {
             let registry = open(&store)?;
             let prompt = registry.prompt(&name).map_err(cli_error)?;
-            let versions = registry.versions(&name).map_err(cli_error)?;
-            let history = registry.label_history(&name).map_err(cli_error)?;
+            let versions = registry.db().versions(&name)?;
+            let history = registry.db().label_history(&name)?;
             if json {
                 let list: Vec<Value> = versions
                     .iter()
@@ -419,12 +380,7 @@ pub fn run(command: PromptCommand) -> anyhow::Result<Outcome> {
                 "ver", "hash", "semver", "when", "author"
             );
             for version in versions.iter().rev() {
-                let labels: Vec<&str> = prompt
-                    .labels
-                    .iter()
-                    .filter(|l| l.version == version.version)
-                    .map(|l| l.label.as_str())
-                    .collect();
+                let labels = prompt.labels_at(version.version);
                 let tags = if labels.is_empty() {
                     String::new()
                 } else {
@@ -433,9 +389,9 @@ pub fn run(command: PromptCommand) -> anyhow::Result<Outcome> {
                 println!(
                     "{:>5}  {:<12} {:<9} {:<16} {:<24} {}{tags}",
                     format!("v{}", version.version),
-                    short(&version.hash),
+                    short_hash(&version.hash),
                     version.semver.as_deref().unwrap_or("-"),
-                    time(version.created_at),
+                    project::utc_minute(version.created_at),
                     version.author,
                     version.message
                 );
@@ -447,7 +403,7 @@ pub fn run(command: PromptCommand) -> anyhow::Result<Outcome> {
                     let to = entry.to.map(|v| format!("v{v}")).unwrap_or("-".into());
                     println!(
                         "  {}  {:<12} {from} → {to}  ({}, {})",
-                        time(entry.at),
+                        project::utc_minute(entry.at),
                         entry.label,
                         entry.kind.as_str(),
                         entry.actor
@@ -485,7 +441,7 @@ pub fn run(command: PromptCommand) -> anyhow::Result<Outcome> {
                 Some(text) => print!("{text}"),
                 None => println!(
                     "no differences in content between {old_label} and {new_label} (hash {})",
-                    short(&new.content_hash())
+                    short_hash(&new.content_hash())
                 ),
             }
             Ok(Outcome::Ok)
@@ -698,16 +654,7 @@ pub fn run(command: PromptCommand) -> anyhow::Result<Outcome> {
                 "{} files: {errors} errors, {warnings} warnings",
                 files.len()
             );
-            let severity = if strict {
-                Severity::Warning
-            } else {
-                Severity::Error
-            };
-            let failing = if severity == Severity::Warning {
-                errors + warnings
-            } else {
-                errors
-            };
+            let failing = if strict { errors + warnings } else { errors };
             Ok(if failing > 0 {
                 Outcome::GateFailed
             } else {

@@ -54,9 +54,7 @@ pub fn run(command: RunsCommand) -> anyhow::Result<Outcome> {
                 } else {
                     "-".into()
                 };
-                let started = jiff::Timestamp::from_millisecond(run.created_at)
-                    .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
-                    .unwrap_or_default();
+                let started = project::utc_time(run.created_at, "%Y-%m-%d %H:%M:%S");
                 println!(
                     "{:<10} {:<20} {:<12} {:>7} {:>9}  {}",
                     short_id(&run.id),
