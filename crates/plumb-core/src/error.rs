@@ -29,6 +29,24 @@ pub enum ModelErrorKind {
     CacheMiss,
 }
 
+impl ModelErrorKind {
+    /// A stable snake_case name, for traces and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelErrorKind::Config => "config",
+            ModelErrorKind::BadRequest => "bad_request",
+            ModelErrorKind::Auth => "auth",
+            ModelErrorKind::RateLimited => "rate_limited",
+            ModelErrorKind::Server => "server",
+            ModelErrorKind::Timeout => "timeout",
+            ModelErrorKind::Connect => "connect",
+            ModelErrorKind::Protocol => "protocol",
+            ModelErrorKind::Local => "local",
+            ModelErrorKind::CacheMiss => "cache_miss",
+        }
+    }
+}
+
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ModelError {

@@ -21,6 +21,7 @@ use indexmap::IndexMap;
 use plumb_core::{ChatModel, Embedder, SourceError};
 
 use crate::breaker::{Breaker, BreakerPolicy};
+use crate::trace::{Capture, OtlpOptions, SECRET_HEADERS, TraceOptions};
 use plumb_provider::{ProviderContext, ProviderOptions};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -48,6 +49,35 @@ struct RawGateway {
     models: IndexMap<String, RawModel>,
     #[serde(default)]
     embeddings: IndexMap<String, RawTarget>,
+    #[serde(default)]
+    traces: Option<RawTraces>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTraces {
+    #[serde(default)]
+    capture: Option<String>,
+    #[serde(default)]
+    redact: Vec<String>,
+    #[serde(default)]
+    headers: Vec<String>,
+    #[serde(default)]
+    queue: Option<usize>,
+    #[serde(default)]
+    batch: Option<usize>,
+    #[serde(default)]
+    flush_ms: Option<u64>,
+    #[serde(default)]
+    otlp: Option<RawOtlp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOtlp {
+    endpoint: String,
+    #[serde(default)]
+    headers: IndexMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +147,7 @@ impl std::fmt::Debug for EmbeddingRoute {
 pub struct GatewayConfig {
     pub routes: IndexMap<String, Route>,
     pub embeddings: IndexMap<String, EmbeddingRoute>,
+    pub traces: TraceOptions,
 }
 
 impl GatewayConfig {
@@ -208,6 +239,74 @@ impl GatewayConfig {
             }
             routes.insert(alias.clone(), Route { alias, targets });
         }
-        Ok(GatewayConfig { routes, embeddings })
+        let traces = match gateway.traces {
+            Some(raw) => trace_options(raw, path)?,
+            None => TraceOptions::default(),
+        };
+        Ok(GatewayConfig {
+            routes,
+            embeddings,
+            traces,
+        })
     }
+}
+
+fn trace_options(raw: RawTraces, path: &Path) -> Result<TraceOptions, SourceError> {
+    let at = |message: String| SourceError::in_file(path, format!("gateway.traces.{message}"));
+    let capture = match raw.capture.as_deref() {
+        None | Some("full") => Capture::Full,
+        Some("metadata") => Capture::Metadata,
+        Some(other) => {
+            return Err(at(format!(
+                "capture: `{other}` is not a capture mode; expected `full` or `metadata`"
+            )));
+        }
+    };
+    let mut options = TraceOptions {
+        capture,
+        ..TraceOptions::default()
+    };
+    for (index, pattern) in raw.redact.iter().enumerate() {
+        let regex = regex::Regex::new(pattern)
+            .map_err(|error| at(format!("redact[{index}]: invalid regex: {error}")))?;
+        options.redact.push(regex);
+    }
+    for header in raw.headers {
+        let name = header.to_ascii_lowercase();
+        if SECRET_HEADERS.contains(&name.as_str()) {
+            return Err(at(format!(
+                "headers: `{header}` carries credentials and is never kept in traces"
+            )));
+        }
+        options.headers.push(name);
+    }
+    if let Some(queue) = raw.queue {
+        if queue == 0 {
+            return Err(at("queue must be at least 1".into()));
+        }
+        options.queue = queue;
+    }
+    if let Some(batch) = raw.batch {
+        if batch == 0 {
+            return Err(at("batch must be at least 1".into()));
+        }
+        options.batch = batch;
+    }
+    if let Some(flush) = raw.flush_ms {
+        options.flush = std::time::Duration::from_millis(flush.max(1));
+    }
+    if let Some(otlp) = raw.otlp {
+        if !(otlp.endpoint.starts_with("http://") || otlp.endpoint.starts_with("https://")) {
+            return Err(at(format!(
+                "otlp.endpoint: `{}` is not an http(s) URL",
+                otlp.endpoint
+            ))
+            .with_hint("e.g. `otlp: {endpoint: http://127.0.0.1:4318}` (OTLP/HTTP, JSON)"));
+        }
+        options.otlp = Some(OtlpOptions {
+            endpoint: otlp.endpoint,
+            headers: otlp.headers.into_iter().collect(),
+        });
+    }
+    Ok(options)
 }

@@ -8,23 +8,28 @@
 
 pub mod breaker;
 pub mod config;
+pub mod metrics;
+pub mod trace;
 pub mod wire;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use plumb_core::{ChatResponse, ModelError, ModelErrorKind};
-use serde_json::json;
+use plumb_core::{ChatRequest, ChatResponse, ModelError, ModelErrorKind, Usage};
+use plumb_store::{TraceRecord, TraceStore};
+use serde_json::{Value, json};
 
 pub use config::{EmbeddingRoute, GatewayConfig, Route, Target};
+pub use metrics::Metrics;
+pub use trace::{TraceContext, TraceOptions, Tracer};
 use wire::OpenAiError;
 
 /// Largest request body accepted, in bytes.
@@ -33,14 +38,65 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug, Default)]
 pub struct Gateway {
     pub config: GatewayConfig,
+    pub metrics: Arc<Metrics>,
+    /// Where traces go; none: requests are counted in metrics but not traced.
+    pub tracing: Option<Tracing>,
 }
 
-/// `/v1/...` routes. Mount behind authentication.
+/// The trace writer and the store it writes to (also read for feedback).
+#[derive(Clone)]
+pub struct Tracing {
+    pub tracer: Arc<Tracer>,
+    pub store: Arc<dyn TraceStore>,
+}
+
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracing")
+            .field("tracer", &self.tracer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    pub fn new(config: GatewayConfig) -> Gateway {
+        Gateway {
+            config,
+            metrics: Arc::new(Metrics::default()),
+            tracing: None,
+        }
+    }
+
+    /// Starts the trace writer on the current runtime; the handle ends once the gateway is
+    /// dropped and the queue is written.
+    pub fn with_traces(
+        mut self,
+        store: Arc<dyn TraceStore>,
+    ) -> (Gateway, tokio::task::JoinHandle<()>) {
+        let (tracer, writer) = Tracer::spawn(
+            store.clone(),
+            self.config.traces.clone(),
+            self.metrics.clone(),
+        );
+        self.tracing = Some(Tracing { tracer, store });
+        (self, writer)
+    }
+}
+
+/// Who is calling, put on the request by the server's key check.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub key_id: Option<String>,
+}
+
+/// `/v1/...` routes and `/metrics`. Mount behind authentication.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/feedback", post(feedback))
+        .route("/metrics", get(metrics_text))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(gateway)
 }
@@ -51,7 +107,8 @@ pub fn unknown_endpoint() -> OpenAiError {
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         Some("unknown_url"),
-        "unknown endpoint; this gateway serves POST /v1/chat/completions and GET /v1/models",
+        "unknown endpoint; this gateway serves POST /v1/chat/completions, POST /v1/embeddings, \
+         GET /v1/models and POST /v1/feedback",
     )
 }
 
@@ -62,9 +119,9 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-async fn models(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> {
+async fn models(State(gateway): State<Arc<Gateway>>) -> Json<Value> {
     let created = now_secs();
-    let data: Vec<serde_json::Value> = gateway
+    let data: Vec<Value> = gateway
         .config
         .routes
         .keys()
@@ -74,22 +131,224 @@ async fn models(State(gateway): State<Arc<Gateway>>) -> Json<serde_json::Value> 
     Json(json!({"object": "list", "data": data}))
 }
 
+async fn metrics_text(State(gateway): State<Arc<Gateway>>) -> Response {
+    for route in gateway.config.routes.values() {
+        for target in &route.targets {
+            gateway
+                .metrics
+                .set_breaker(&target.id, target.breaker.is_open());
+        }
+    }
+    if let Some(tracing) = &gateway.tracing {
+        gateway
+            .metrics
+            .queue_depth
+            .set(tracing.tracer.queue_depth() as i64);
+    }
+    let mut response = Response::new(Body::from(gateway.metrics.encode()));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// One request's trace, filled in as the request goes.
+struct Call {
+    context: TraceContext,
+    started: Instant,
+    started_at: i64,
+    endpoint: &'static str,
+    request_id: String,
+    key_id: Option<String>,
+    model: String,
+    prompt: Option<String>,
+    prompt_version: Option<i64>,
+    target: Option<String>,
+    attempts: Vec<Value>,
+    status: u16,
+    error: Option<String>,
+    error_message: Option<String>,
+    cache: &'static str,
+    stream: bool,
+    usage: Usage,
+    cost_usd: Option<f64>,
+    ttft_ms: Option<f64>,
+    params: Value,
+    input: Value,
+    output: Value,
+    finish_reason: Option<&'static str>,
+    response_model: Option<String>,
+    headers: Vec<(String, String)>,
+}
+
+impl Call {
+    fn start(
+        gateway: &Gateway,
+        endpoint: &'static str,
+        id_prefix: &str,
+        headers: &HeaderMap,
+        caller: Option<Extension<Caller>>,
+    ) -> Call {
+        let context =
+            TraceContext::from_header(headers.get("traceparent").and_then(|v| v.to_str().ok()));
+        let kept = gateway
+            .config
+            .traces
+            .headers
+            .iter()
+            .filter_map(|name| {
+                let value = headers.get(name.as_str())?.to_str().ok()?;
+                Some((name.clone(), gateway.config.traces.redact_text(value)))
+            })
+            .collect();
+        Call {
+            request_id: format!("{id_prefix}-{}", uuid::Uuid::now_v7().simple()),
+            context,
+            started: Instant::now(),
+            started_at: trace::now(),
+            endpoint,
+            key_id: caller.and_then(|Extension(c)| c.key_id),
+            model: String::new(),
+            prompt: None,
+            prompt_version: None,
+            target: None,
+            attempts: Vec::new(),
+            status: 200,
+            error: None,
+            error_message: None,
+            cache: "off",
+            stream: false,
+            usage: Usage::default(),
+            cost_usd: None,
+            ttft_ms: None,
+            params: Value::Null,
+            input: Value::Null,
+            output: Value::Null,
+            finish_reason: None,
+            response_model: None,
+            headers: kept,
+        }
+    }
+
+    fn fail(&mut self, error: &OpenAiError) {
+        self.status = error.status.as_u16();
+        self.error = Some(error.code.unwrap_or(error.kind).to_owned());
+        self.error_message = Some(error.message.clone());
+    }
+
+    /// Adds the trace headers to `response`, then records the trace and the metrics.
+    fn finish(self, gateway: &Gateway, mut response: Response) -> Response {
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&self.context.header()) {
+            headers.insert("traceparent", value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&self.context.trace_id) {
+            headers.insert("x-plumb-trace-id", value);
+        }
+        self.record(gateway);
+        response
+    }
+
+    fn record(self, gateway: &Gateway) {
+        let latency = self.started.elapsed().as_secs_f64();
+        gateway.metrics.observe(&metrics::Observation {
+            model: &self.model,
+            status: self.status,
+            error: self.error.as_deref(),
+            seconds: latency,
+            ttft_seconds: self.ttft_ms.map(|ms| ms / 1000.0),
+            prompt_tokens: self.usage.prompt_tokens,
+            completion_tokens: self.usage.completion_tokens,
+            cost_usd: self.cost_usd,
+            cache: self.cache,
+        });
+        let Some(tracing) = &gateway.tracing else {
+            return;
+        };
+        let options = &tracing.tracer.options;
+        let mut detail = json!({
+            "attempts": self.attempts,
+            "params": self.params,
+        });
+        if let Some(object) = detail.as_object_mut() {
+            let mut put = |key: &str, value: Value| {
+                if !value.is_null() {
+                    object.insert(key.to_owned(), value);
+                }
+            };
+            if options.capture == trace::Capture::Full {
+                put("input", self.input);
+                put("output", self.output);
+            }
+            put("error_message", json!(self.error_message));
+            put("finish_reason", json!(self.finish_reason));
+            put("response_model", json!(self.response_model));
+            if !self.headers.is_empty() {
+                put(
+                    "headers",
+                    Value::Object(
+                        self.headers
+                            .into_iter()
+                            .map(|(k, v)| (k, Value::String(v)))
+                            .collect(),
+                    ),
+                );
+            }
+        }
+        options.redact_value(&mut detail);
+        tracing.tracer.record(TraceRecord {
+            seq: 0,
+            trace_id: self.context.trace_id,
+            span_id: self.context.span_id,
+            parent_span_id: self.context.parent_span_id,
+            request_id: self.request_id,
+            started_at: self.started_at,
+            endpoint: self.endpoint.to_owned(),
+            key_id: self.key_id,
+            model: self.model,
+            prompt: self.prompt,
+            prompt_version: self.prompt_version,
+            target: self.target,
+            status: self.status,
+            error: self.error,
+            cache: self.cache.to_owned(),
+            stream: self.stream,
+            prompt_tokens: self.usage.prompt_tokens,
+            completion_tokens: self.usage.completion_tokens,
+            cost_usd: self.cost_usd,
+            latency_ms: latency * 1000.0,
+            ttft_ms: self.ttft_ms,
+            detail,
+        });
+    }
+}
+
 async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match embed(&gateway, body).await {
+    let mut call = Call::start(&gateway, "embeddings", "emb", &headers, caller);
+    let response = match embed(&gateway, body, &mut call).await {
         Ok(response) => response,
-        Err(error) => error.into_response(),
-    }
+        Err(error) => {
+            call.fail(&error);
+            error.into_response()
+        }
+    };
+    call.finish(&gateway, response)
 }
 
 async fn embed(
     gateway: &Gateway,
     body: Result<Bytes, BytesRejection>,
+    call: &mut Call,
 ) -> Result<Response, OpenAiError> {
     let body = body.map_err(body_error)?;
     let parsed = wire::parse_embeddings(&body)?;
+    call.model = parsed.model.clone();
     let route = gateway.config.embeddings.get(&parsed.model).ok_or_else(|| {
         let known: Vec<&str> = gateway.config.embeddings.keys().map(String::as_str).collect();
         let mut error = OpenAiError::new(
@@ -112,16 +371,19 @@ async fn embed(
         error.param = Some("model".into());
         error
     })?;
-    let vectors = route
-        .embedder
-        .embed(&parsed.input)
-        .await
-        .map_err(|error| upstream_error(&route.id, &error))?;
+    call.target = Some(route.id.clone());
+    call.params = json!({"inputs": parsed.input.len()});
+    let began = Instant::now();
+    let result = route.embedder.embed(&parsed.input).await;
+    call.attempts
+        .push(attempt_json(&route.id, began, result.as_ref().err()));
+    let vectors = result.map_err(|error| upstream_error(&route.id, &error))?;
     let tokens: u64 = parsed
         .input
         .iter()
         .map(|text| plumb_provider::tokens::rough_count(text))
         .sum();
+    call.usage.prompt_tokens = tokens;
     let mut response = Json(wire::embeddings_json(
         &parsed.model,
         &vectors,
@@ -133,6 +395,20 @@ async fn embed(
         response.headers_mut().insert("x-plumb-target", value);
     }
     Ok(response)
+}
+
+fn attempt_json(target: &str, began: Instant, error: Option<&ModelError>) -> Value {
+    let ms = began.elapsed().as_secs_f64() * 1000.0;
+    match error {
+        None => json!({"target": target, "ms": ms, "outcome": "ok"}),
+        Some(error) => json!({
+            "target": target,
+            "ms": ms,
+            "outcome": error.kind.as_str(),
+            "status": error.status,
+            "message": error.message,
+        }),
+    }
 }
 
 fn body_error(rejection: BytesRejection) -> OpenAiError {
@@ -147,20 +423,30 @@ fn body_error(rejection: BytesRejection) -> OpenAiError {
 
 async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match complete(&gateway, body).await {
+    let mut call = Call::start(&gateway, "chat", "chatcmpl", &headers, caller);
+    let response = match complete(&gateway, body, &mut call).await {
         Ok(response) => response,
-        Err(error) => error.into_response(),
-    }
+        Err(error) => {
+            call.fail(&error);
+            error.into_response()
+        }
+    };
+    call.finish(&gateway, response)
 }
 
 async fn complete(
     gateway: &Gateway,
     body: Result<Bytes, BytesRejection>,
+    call: &mut Call,
 ) -> Result<Response, OpenAiError> {
     let body = body.map_err(body_error)?;
     let parsed = wire::parse_request(&body)?;
+    call.model = parsed.model.clone();
+    call.stream = parsed.stream;
     let route = gateway.config.routes.get(&parsed.model).ok_or_else(|| {
         let known: Vec<&str> = gateway.config.routes.keys().map(String::as_str).collect();
         let mut error = OpenAiError::new(
@@ -186,14 +472,29 @@ async fn complete(
         error.param = Some("model".into());
         error
     })?;
-    let (target, answer, attempts) = call_route(route, &parsed.request)
+    if gateway.tracing.is_some() {
+        call.params = params_json(&parsed.request);
+        call.input = serde_json::to_value(&parsed.request.messages).unwrap_or(Value::Null);
+    }
+    let (target, answer) = call_route(route, &parsed.request, call)
         .await
         .map_err(RouteFailure::into_error)?;
-    let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
+    call.usage = answer.usage;
+    call.cost_usd = target.model.pricing().map(|p| p.cost(&answer.usage));
+    call.finish_reason = Some(answer.finish_reason.map(|f| f.as_str()).unwrap_or("stop"));
+    call.response_model = answer.model.clone();
+    if gateway.tracing.is_some() {
+        call.output = json!({"content": answer.content, "tool_calls": answer.tool_calls});
+    }
     let created = now_secs();
     let mut response = if parsed.stream {
-        let events =
-            wire::completion_events(&id, created, &parsed.model, &answer, parsed.include_usage);
+        let events = wire::completion_events(
+            &call.request_id,
+            created,
+            &parsed.model,
+            &answer,
+            parsed.include_usage,
+        );
         let mut text = String::new();
         for event in events {
             text.push_str("data: ");
@@ -206,14 +507,49 @@ async fn complete(
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         response
     } else {
-        Json(wire::completion_json(&id, created, &parsed.model, &answer)).into_response()
+        Json(wire::completion_json(
+            &call.request_id,
+            created,
+            &parsed.model,
+            &answer,
+        ))
+        .into_response()
     };
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&target) {
+    if let Ok(value) = HeaderValue::from_str(&target.id) {
         headers.insert("x-plumb-target", value);
     }
-    headers.insert("x-plumb-attempts", HeaderValue::from(attempts));
+    let tried = call
+        .attempts
+        .iter()
+        .filter(|a| a["outcome"] != "skipped")
+        .count();
+    headers.insert("x-plumb-attempts", HeaderValue::from(tried));
     Ok(response)
+}
+
+/// The sampling parameters a trace keeps (not the tools' schemas, not the messages).
+fn params_json(request: &ChatRequest) -> Value {
+    let p = &request.params;
+    let mut params = json!({
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "max_tokens": p.max_tokens,
+        "seed": p.seed,
+    });
+    if let Some(object) = params.as_object_mut() {
+        object.retain(|_, v| !v.is_null());
+        if !p.stop.is_empty() {
+            object.insert("stop".into(), json!(p.stop));
+        }
+        if !p.tools.is_empty() {
+            object.insert("tools".into(), json!(p.tools.len()));
+        }
+        if let Some(format) = &p.response_format {
+            object.insert("response_format".into(), json!(format));
+        }
+    }
+    params
 }
 
 /// Why a route produced no answer.
@@ -246,25 +582,31 @@ impl RouteFailure {
 }
 
 /// Tries the route's targets in order, skipping those whose circuit is open; moves on only
-/// when the error is one another target can avoid. Returns the target that answered, the
-/// answer and the number of attempts.
-async fn call_route(
-    route: &Route,
-    request: &plumb_core::ChatRequest,
-) -> Result<(String, ChatResponse, u32), RouteFailure> {
-    let mut attempts = 0;
+/// when the error is one another target can avoid. Each attempt lands in `call`; returns the
+/// target that answered and its answer.
+async fn call_route<'r>(
+    route: &'r Route,
+    request: &ChatRequest,
+    call: &mut Call,
+) -> Result<(&'r Target, ChatResponse), RouteFailure> {
     let mut last = None;
     let mut soonest_retry: Option<std::time::Duration> = None;
     for target in &route.targets {
         if let breaker::Admission::Open(wait) = target.breaker.admit() {
             soonest_retry = Some(soonest_retry.map_or(wait, |w| w.min(wait)));
+            call.attempts
+                .push(json!({"target": target.id, "outcome": "skipped", "reason": "circuit_open"}));
             continue;
         }
-        attempts += 1;
-        match target.model.chat(request).await {
+        let began = Instant::now();
+        let result = target.model.chat(request).await;
+        call.attempts
+            .push(attempt_json(&target.id, began, result.as_ref().err()));
+        call.target = Some(target.id.clone());
+        match result {
             Ok(answer) => {
                 target.breaker.succeeded();
-                return Ok((target.id.clone(), answer, attempts));
+                return Ok((target, answer));
             }
             Err(error) => {
                 let retryable = error.is_retryable();
@@ -326,4 +668,92 @@ fn upstream_error(target: &str, error: &ModelError) -> OpenAiError {
             message,
         ),
     }
+}
+
+/// `POST /v1/feedback`: `{"trace_id", "score"?, "label"?, "comment"?}` attaches a judgement to
+/// a trace (by trace id or by the response id the client got).
+async fn feedback(
+    State(gateway): State<Arc<Gateway>>,
+    caller: Option<Extension<Caller>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match attach_feedback(&gateway, caller, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn attach_feedback(
+    gateway: &Gateway,
+    caller: Option<Extension<Caller>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OpenAiError> {
+    let body = body.map_err(body_error)?;
+    let parsed = wire::parse_feedback(&body)?;
+    let Some(tracing) = &gateway.tracing else {
+        return Err(OpenAiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("tracing_off"),
+            "this gateway keeps no traces, so feedback has nothing to attach to",
+        ));
+    };
+    let record = plumb_store::Feedback {
+        id: 0,
+        trace_id: parsed.trace_id,
+        at: trace::now(),
+        score: parsed.score,
+        label: parsed.label,
+        comment: parsed
+            .comment
+            .map(|c| tracing.tracer.options.redact_text(&c)),
+        key_id: caller.and_then(|Extension(c)| c.key_id),
+    };
+    let store = tracing.store.clone();
+    let attach = |record: plumb_store::Feedback, store: Arc<dyn TraceStore>| async move {
+        tokio::task::spawn_blocking(move || store.add_feedback(&record)).await
+    };
+    let mut result = attach(record.clone(), store.clone()).await;
+    if matches!(result, Ok(Err(plumb_store::StoreError::NotFound(_)))) {
+        // The trace may still be queued: write the queue, then look again.
+        tracing.tracer.flush().await;
+        result = attach(record.clone(), store).await;
+    }
+    match result {
+        Ok(Ok(id)) => Ok((
+            StatusCode::CREATED,
+            Json(json!({"object": "feedback", "id": id, "trace_id": record.trace_id})),
+        )
+            .into_response()),
+        Ok(Err(plumb_store::StoreError::NotFound(_))) => {
+            let mut error = OpenAiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("trace_not_found"),
+                format!(
+                    "no trace `{}`: use the `x-plumb-trace-id` header or the response `id`",
+                    record.trace_id
+                ),
+            );
+            error.param = Some("trace_id".into());
+            Err(error)
+        }
+        Ok(Err(error)) => {
+            eprintln!("plumb serve: feedback not stored: {error}");
+            Err(internal_error())
+        }
+        Err(error) => {
+            eprintln!("plumb serve: feedback task failed: {error}");
+            Err(internal_error())
+        }
+    }
+}
+
+fn internal_error() -> OpenAiError {
+    OpenAiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "api_error",
+        None,
+        "internal error; the server log has the details",
+    )
 }

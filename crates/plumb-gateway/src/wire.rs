@@ -513,3 +513,69 @@ pub fn embeddings_json(model: &str, vectors: &[Vec<f32>], base64: bool, tokens: 
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     })
 }
+
+/// A parsed `POST /v1/feedback` body.
+#[derive(Debug)]
+pub struct FeedbackRequest {
+    pub trace_id: String,
+    pub score: Option<f64>,
+    pub label: Option<String>,
+    pub comment: Option<String>,
+}
+
+pub fn parse_feedback(bytes: &[u8]) -> Result<FeedbackRequest, OpenAiError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|error| OpenAiError::invalid(format!("invalid JSON body: {error}"), None))?;
+    let Value::Object(body) = value else {
+        return Err(OpenAiError::invalid("the body must be a JSON object", None));
+    };
+    for key in body.keys() {
+        if !["trace_id", "score", "label", "comment"].contains(&key.as_str()) {
+            return Err(OpenAiError::invalid(
+                format!("unknown field `{key}`; feedback takes trace_id, score, label, comment"),
+                Some(key),
+            ));
+        }
+    }
+    let text = |name: &str, max: usize| -> Result<Option<String>, OpenAiError> {
+        match field(&body, name) {
+            None => Ok(None),
+            Some(Value::String(text)) if text.len() <= max => Ok(Some(text.clone())),
+            Some(Value::String(_)) => Err(OpenAiError::invalid(
+                format!("`{name}` is longer than {max} bytes"),
+                Some(name),
+            )),
+            Some(_) => Err(OpenAiError::invalid(
+                format!("`{name}` must be a string"),
+                Some(name),
+            )),
+        }
+    };
+    let trace_id = text("trace_id", 200)?.filter(|t| !t.is_empty()).ok_or_else(|| {
+        OpenAiError::invalid(
+            "missing required parameter: `trace_id` (the `x-plumb-trace-id` header or the response `id`)",
+            Some("trace_id"),
+        )
+    })?;
+    let score = number(&body, "score")?;
+    if score.is_some_and(|s| !s.is_finite()) {
+        return Err(OpenAiError::invalid(
+            "`score` must be finite",
+            Some("score"),
+        ));
+    }
+    let label = text("label", 200)?;
+    let comment = text("comment", 10_000)?;
+    if score.is_none() && label.is_none() && comment.is_none() {
+        return Err(OpenAiError::invalid(
+            "feedback needs a `score` (number), a `label` (string) or a `comment`",
+            None,
+        ));
+    }
+    Ok(FeedbackRequest {
+        trace_id,
+        score,
+        label,
+        comment,
+    })
+}

@@ -19,6 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use embed::{DEFAULT_EMBEDDER, build_embedder};
+
+/// The shared HTTP client (rustls, connection pool), for other crates' outbound calls.
+pub fn http_client() -> Result<reqwest::Client, plumb_core::ModelError> {
+    http::client()
+}
 use plumb_core::{ChatModel, ModelError};
 use serde::Deserialize;
 

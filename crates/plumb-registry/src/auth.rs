@@ -67,6 +67,8 @@ impl fmt::Display for Role {
 pub struct Actor {
     pub name: String,
     pub role: Role,
+    /// The API key the actor authenticated with (none for the local user and dev mode).
+    pub key_id: Option<String>,
 }
 
 impl Actor {
@@ -82,6 +84,7 @@ impl Actor {
         Actor {
             name,
             role: Role::Admin,
+            key_id: None,
         }
     }
 
@@ -202,5 +205,6 @@ pub fn authenticate(
     Ok(Some(Actor {
         name: format!("key:{} ({})", record.id, record.name),
         role,
+        key_id: Some(record.id.clone()),
     }))
 }

@@ -13,7 +13,7 @@ use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use plumb_prompt::{PromptFile, PromptRef, PromptTemplate, Selector};
 use plumb_registry::{Actor, MoveOptions, PushOptions, RegistryError, Role, auth, prompt_json};
-use plumb_store::{AuditFilter, PromptRecord, VersionRecord};
+use plumb_store::{AuditFilter, PromptRecord, TraceFilter, TraceStore, VersionRecord};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -45,6 +45,8 @@ pub fn router(state: AppState) -> Router {
         .route("/resolve/{reference}", get(resolve))
         .route("/resolve/{reference}/render", post(render))
         .route("/audit", get(audit))
+        .route("/traces", get(list_traces))
+        .route("/traces/{id}", get(get_trace))
         .route("/whoami", get(whoami))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let api = Router::new().route("/health", get(health)).merge(protected);
@@ -95,6 +97,7 @@ async fn authenticate(
         AuthMode::Dev => Actor {
             name: "dev (no key)".into(),
             role: Role::Admin,
+            key_id: None,
         },
         AuthMode::Keys => {
             let headers = request.headers();
@@ -174,7 +177,13 @@ async fn authenticate_openai(
         return unauthorized("missing API key: send `Authorization: Bearer <plumb key>`");
     };
     match verify(&state, secret).await {
-        Ok(Some(_actor)) => next.run(request).await,
+        Ok(Some(actor)) => {
+            let mut request = request;
+            request.extensions_mut().insert(plumb_gateway::Caller {
+                key_id: actor.key_id,
+            });
+            next.run(request).await
+        }
         Ok(None) => unauthorized("invalid or revoked API key"),
         Err(error) => error.into_response(),
     }
@@ -631,4 +640,111 @@ async fn audit(
     };
     let entries = blocking(move || state.registry.audit(&filter)).await?;
     Ok(Json(json!({ "entries": entries })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TraceQuery {
+    #[serde(default)]
+    after: Option<i64>,
+    /// Unix milliseconds.
+    #[serde(default)]
+    since: Option<i64>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    errors: Option<bool>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+fn trace_store(state: &AppState) -> Result<Arc<dyn TraceStore>, ApiError> {
+    state
+        .gateway
+        .tracing
+        .as_ref()
+        .map(|t| t.store.clone())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "tracing_off",
+                "this server keeps no traces",
+            )
+        })
+}
+
+/// Traces, oldest first: the newest `limit` (default 100, at most 1000) that match. Poll with
+/// `after=<last seq>` to follow.
+async fn list_traces(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    query: Result<Query<TraceQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    need_viewer(&actor)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let filter = TraceFilter {
+        after_seq: query.after,
+        since: query.since,
+        model: query.model,
+        prompt: query.prompt,
+        key_id: query.key,
+        errors_only: query.errors.unwrap_or(false),
+        limit: query.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    let store = trace_store(&state)?;
+    let traces = store_blocking(move || store.list_traces(&filter)).await?;
+    Ok(Json(json!({ "traces": traces })).into_response())
+}
+
+/// One trace (by trace id or response id) with its feedback.
+async fn get_trace(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult {
+    need_viewer(&actor)?;
+    let store = trace_store(&state)?;
+    let lookup = id.clone();
+    let found = store_blocking(move || {
+        let Some(trace) = store.trace(&lookup)? else {
+            return Ok(None);
+        };
+        let feedback = store.feedback(&trace.trace_id)?;
+        Ok(Some((trace, feedback)))
+    })
+    .await?;
+    let Some((trace, feedback)) = found else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no trace `{id}`"),
+        )
+        .with_hint("pass a trace id (x-plumb-trace-id) or a response id (chatcmpl-…)"));
+    };
+    let mut body = serde_json::to_value(&trace).unwrap_or(Value::Null);
+    if let Some(object) = body.as_object_mut() {
+        object.insert("feedback".into(), json!(feedback));
+    }
+    Ok(Json(body).into_response())
+}
+
+/// Trace store calls touch SQLite: run them off the async workers.
+async fn store_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, plumb_store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => {
+            eprintln!("plumb serve: trace store: {error}");
+            Err(ApiError::internal())
+        }
+        Err(error) => {
+            eprintln!("plumb serve: request task failed: {error}");
+            Err(ApiError::internal())
+        }
+    }
 }

@@ -9,6 +9,8 @@
 mod registry;
 mod sqlite;
 mod sqlite_registry;
+mod sqlite_traces;
+mod traces;
 
 use std::path::PathBuf;
 
@@ -18,6 +20,7 @@ pub use registry::{
     PushOutcome, RegistryStore, VersionRecord,
 };
 pub use sqlite::SqliteStore;
+pub use traces::{Feedback, TraceFilter, TraceRecord, TraceStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -117,6 +117,44 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_kept BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#,
+    r#"
+    CREATE TABLE traces (
+        seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+        trace_id          TEXT NOT NULL UNIQUE,
+        span_id           TEXT NOT NULL,
+        parent_span_id    TEXT,
+        request_id        TEXT NOT NULL,
+        started_at        INTEGER NOT NULL,
+        endpoint          TEXT NOT NULL,
+        key_id            TEXT,
+        model             TEXT NOT NULL,
+        prompt            TEXT,
+        prompt_version    INTEGER,
+        target            TEXT,
+        status            INTEGER NOT NULL,
+        error             TEXT,
+        cache             TEXT NOT NULL,
+        stream            INTEGER NOT NULL,
+        prompt_tokens     INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cost_usd          REAL,
+        latency_ms        REAL NOT NULL,
+        ttft_ms           REAL,
+        detail            TEXT NOT NULL
+    );
+    CREATE INDEX traces_by_request ON traces (request_id);
+    CREATE INDEX traces_by_time ON traces (started_at);
+    CREATE TABLE feedback (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        trace_id TEXT NOT NULL REFERENCES traces(trace_id),
+        at       INTEGER NOT NULL,
+        score    REAL,
+        label    TEXT,
+        comment  TEXT,
+        key_id   TEXT
+    );
+    CREATE INDEX feedback_by_trace ON feedback (trace_id, id);
+"#,
 ];
 
 pub struct SqliteStore {

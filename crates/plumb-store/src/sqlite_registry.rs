@@ -18,7 +18,7 @@ const KEY_COLUMNS: &str = "id, name, role, hash, created_at, created_by, revoked
 
 impl SqliteStore {
     /// Runs `work` in one write transaction: all of it lands, or none.
-    fn write<T>(
+    pub(crate) fn write<T>(
         &self,
         work: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {

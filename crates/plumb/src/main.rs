@@ -11,6 +11,7 @@ mod prompt_cmd;
 mod quickstart;
 mod runs_cmd;
 mod serve_cmd;
+mod traces_cmd;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -61,8 +62,13 @@ enum Command {
         #[command(subcommand)]
         command: keys_cmd::KeysCommand,
     },
-    /// Serve the HTTP API (/api/v1) on this project's database
+    /// Serve the gateway (/v1), the registry and trace API (/api/v1) and /metrics
     Serve(serve_cmd::ServeArgs),
+    /// The gateway's request log: follow it, show one request, export JSONL
+    Traces {
+        #[command(subcommand)]
+        command: traces_cmd::TracesCommand,
+    },
 }
 
 /// Options shared by commands that use the project database.
@@ -125,6 +131,7 @@ fn main() -> ExitCode {
             Command::Audit(args) => audit_cmd::run(args),
             Command::Keys { command } => keys_cmd::run(command),
             Command::Serve(args) => serve_cmd::run(args).await,
+            Command::Traces { command } => traces_cmd::run(command).await,
         }
     });
     // Do not wait for stuck provider calls once the command is done.

@@ -84,16 +84,46 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
                 .join(", ")
         );
     }
+    // The trace writer gets a connection of its own, so API reads never wait behind a batch.
+    let trace_store = project::open_db(args.store.db.as_deref(), &cwd)?;
+    let (gateway, _writer) = Gateway::new(gateway).with_traces(trace_store);
+    let gateway = Arc::new(gateway);
     let state = Arc::new(ServerState {
         registry,
         auth,
-        gateway: Arc::new(Gateway { config: gateway }),
+        gateway: gateway.clone(),
         keys: plumb_server::KeyCache::default(),
     });
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("plumb: shutting down");
-    };
-    plumb_server::serve(listener, state, shutdown).await?;
+    plumb_server::serve(listener, state, shutdown_signal()).await?;
+    // Requests in flight have finished; write every trace still queued.
+    if let Some(tracing) = &gateway.tracing {
+        let queued = tracing.tracer.queue_depth();
+        tracing.tracer.flush().await;
+        eprintln!("plumb: traces written ({queued} were queued at shutdown)");
+    }
     Ok(Outcome::Ok)
+}
+
+/// Ctrl-C or SIGTERM (what service managers send).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    eprintln!("plumb: shutting down: finishing requests in flight");
 }

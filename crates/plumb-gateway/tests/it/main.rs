@@ -8,6 +8,8 @@
 //! The gateway's router against a mock OpenAI upstream on loopback: fallback on retryable
 //! errors only, OpenAI-shaped upstream errors, and streamed answers as SSE chunks.
 
+mod traces;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,9 +24,9 @@ use tower::ServiceExt;
 
 fn gateway(config: &str) -> Arc<Gateway> {
     let ctx = ProviderContext::new(Path::new("."));
-    Arc::new(Gateway {
-        config: GatewayConfig::parse(config, Path::new("plumb.yaml"), &ctx).unwrap(),
-    })
+    Arc::new(Gateway::new(
+        GatewayConfig::parse(config, Path::new("plumb.yaml"), &ctx).unwrap(),
+    ))
 }
 
 fn two_targets(mock: &MockServer) -> String {

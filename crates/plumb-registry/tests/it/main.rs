@@ -30,6 +30,7 @@ pub fn admin() -> Actor {
     Actor {
         name: "tester".into(),
         role: Role::Admin,
+        key_id: None,
     }
 }
 

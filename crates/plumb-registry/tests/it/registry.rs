@@ -113,6 +113,7 @@ fn production_needs_a_releaser_and_a_policy() {
     let editor = Actor {
         name: "ed".into(),
         role: Role::Editor,
+        key_id: None,
     };
     let error = registry
         .set_label(
@@ -130,6 +131,7 @@ fn production_needs_a_releaser_and_a_policy() {
     let releaser = Actor {
         name: "rel".into(),
         role: Role::Releaser,
+        key_id: None,
     };
     let error = registry
         .set_label(
@@ -223,6 +225,7 @@ fn keys_are_stored_as_hashes_and_revocable() {
     let viewer = Actor {
         name: "v".into(),
         role: Role::Viewer,
+        key_id: None,
     };
     assert!(auth::create_key(&store, "x", Role::Admin, &viewer).is_err());
     auth::revoke_key(&store, &key.record.id, &admin()).unwrap();

@@ -370,6 +370,7 @@ async fn a_revoked_key_stops_working() {
     let owner = plumb_registry::Actor {
         name: "owner".into(),
         role: plumb_registry::Role::Admin,
+        key_id: None,
     };
     plumb_registry::auth::revoke_key(f.state.registry.db(), &id, &owner).unwrap();
     let reply = f
@@ -384,6 +385,7 @@ fn the_key_cache_forgets_after_its_ttl() {
     let actor = plumb_registry::Actor {
         name: "k".into(),
         role: plumb_registry::Role::Viewer,
+        key_id: None,
     };
     cache.put("plumb_x", &actor);
     assert_eq!(cache.get("plumb_x"), Some(actor));
@@ -395,6 +397,7 @@ fn the_key_cache_forgets_after_its_ttl() {
         &plumb_registry::Actor {
             name: "k".into(),
             role: plumb_registry::Role::Viewer,
+            key_id: None,
         },
     );
     assert_eq!(off.get("plumb_x"), None);

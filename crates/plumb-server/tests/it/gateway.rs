@@ -149,3 +149,78 @@ async fn errors_are_in_openai_shape() {
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.json["error"]["code"], "unknown_url");
 }
+
+#[tokio::test]
+async fn every_call_is_traced_with_its_key_and_readable_through_the_api() {
+    let f = fixture(AuthMode::Keys);
+    let body =
+        json!({"model": "echo-model", "messages": [{"role": "user", "content": "trace me"}]})
+            .to_string();
+    let reply = f
+        .call(
+            "POST",
+            "/v1/chat/completions",
+            Some(&f.editor),
+            Some(&body),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let trace_id = reply.headers["x-plumb-trace-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let feedback = json!({"trace_id": trace_id, "score": 0.5, "label": "meh"}).to_string();
+    let attached = f
+        .call(
+            "POST",
+            "/v1/feedback",
+            Some(&f.viewer),
+            Some(&feedback),
+            &[],
+        )
+        .await;
+    assert_eq!(attached.status, StatusCode::CREATED, "{}", attached.json);
+
+    let listed = f
+        .call(
+            "GET",
+            "/api/v1/traces?model=echo-model&limit=5",
+            Some(&f.viewer),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.json);
+    let traces = listed.json["traces"].as_array().unwrap();
+    assert_eq!(traces.len(), 1);
+    let editor_key_id = f.editor.split('_').nth(1).unwrap();
+    assert_eq!(traces[0]["key_id"], editor_key_id);
+    assert_eq!(traces[0]["detail"]["input"][0]["content"], "trace me");
+
+    let one = f
+        .call(
+            "GET",
+            &format!("/api/v1/traces/{trace_id}"),
+            Some(&f.viewer),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(one.json["feedback"][0]["label"], "meh");
+    let viewer_key_id = f.viewer.split('_').nth(1).unwrap();
+    assert_eq!(one.json["feedback"][0]["key_id"], viewer_key_id);
+
+    let missing = f
+        .call("GET", "/api/v1/traces/nope", Some(&f.viewer), None, &[])
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let bad = f
+        .call("GET", "/api/v1/traces?limit=x", Some(&f.viewer), None, &[])
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    // Metrics need a key like everything else.
+    let anonymous = f.call("GET", "/metrics", None, None, &[]).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}

@@ -46,6 +46,7 @@ pub fn fixture(mode: AuthMode) -> Fixture {
     let owner = Actor {
         name: "owner".into(),
         role: Role::Admin,
+        key_id: None,
     };
     let key = |role| {
         auth::create_key(store.as_ref(), "test", role, &owner)
@@ -58,7 +59,7 @@ pub fn fixture(mode: AuthMode) -> Fixture {
         key(Role::Releaser),
         key(Role::Admin),
     );
-    let registry = Registry::new(store, ProjectConfig::default());
+    let registry = Registry::new(store.clone(), ProjectConfig::default());
     let file = PromptFile::parse(TRIAGE, Path::new("triage.yaml")).unwrap();
     registry
         .push(&file, &PushOptions::default(), &owner, None)
@@ -69,12 +70,17 @@ pub fn fixture(mode: AuthMode) -> Fixture {
         &ProviderContext::new(dir.path()),
     )
     .unwrap();
+    let mut gateway = Gateway::new(gateway);
+    // Traces need a runtime for their writer; the few sync tests go without.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        gateway = gateway.with_traces(store.clone()).0;
+    }
     Fixture {
         _dir: dir,
         state: Arc::new(ServerState {
             registry,
             auth: mode,
-            gateway: Arc::new(Gateway { config: gateway }),
+            gateway: Arc::new(gateway),
             keys: plumb_server::KeyCache::new(std::time::Duration::ZERO),
         }),
         viewer,

@@ -30,8 +30,17 @@ const CLIENT: &str = r#"
 import sys, openai
 base, key = sys.argv[1], sys.argv[2]
 client = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
-r = client.chat.completions.create(model="echo-model", messages=[{"role": "user", "content": "ping"}])
+raw = client.chat.completions.with_raw_response.create(
+    model="echo-model", messages=[{"role": "user", "content": "ping"}],
+    extra_headers={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
+r = raw.parse()
 print("complete", r.choices[0].message.content, r.model, r.usage.total_tokens > 0)
+print("trace", raw.headers["x-plumb-trace-id"], r.id)
+import json, urllib.request
+feedback = urllib.request.Request(base + "/feedback", method="POST",
+    data=json.dumps({"trace_id": r.id, "score": 1, "label": "good"}).encode(),
+    headers={"authorization": "Bearer " + key, "content-type": "application/json"})
+print("feedback", urllib.request.urlopen(feedback).status)
 stream = client.chat.completions.create(
     model="echo-model", messages=[{"role": "user", "content": "stream ping"}],
     stream=True, stream_options={"include_usage": True})
@@ -90,8 +99,19 @@ fn the_official_openai_client_works_against_plumb_serve() {
         .args(["-c", CLIENT, &format!("http://127.0.0.1:{port}/v1"), &key])
         .output()
         .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    // SIGTERM: a graceful stop, which writes every queued trace before exiting.
+    let terminated = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let exit = server.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(exit.success(), "{exit:?}: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("traces written")),
+        "{rest:?}"
+    );
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -113,4 +133,60 @@ fn the_official_openai_client_works_against_plumb_serve() {
         printed.contains("unauthorized invalid_api_key"),
         "{printed}"
     );
+    assert!(printed.contains("feedback 201"), "{printed}");
+
+    // The request log, read back by the CLI: one trace per model call (the completion, the
+    // stream, the unknown model, the embeddings), the caller's trace continued.
+    let trace_line = printed.lines().find(|l| l.starts_with("trace ")).unwrap();
+    let mut words = trace_line.split(' ').skip(1);
+    let (trace_id, response_id) = (words.next().unwrap(), words.next().unwrap());
+    assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    let tail = project.plumb(&["traces", "tail", "--no-follow", "--json"]);
+    assert_eq!(code(&tail), 0, "{}", stderr(&tail));
+    let traces: Vec<serde_json::Value> = stdout(&tail)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(traces.len(), 4, "{traces:?}");
+    let models: Vec<&str> = traces
+        .iter()
+        .map(|t| t["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["echo-model", "echo-model", "nope", "minilm"]);
+    assert_eq!(traces[1]["stream"], true);
+    assert_eq!(traces[2]["status"], 404);
+    assert!(traces.iter().all(|t| t["key_id"].as_str().is_some()));
+
+    let show = project.plumb(&["traces", "show", response_id]);
+    assert_eq!(code(&show), 0, "{}", stderr(&show));
+    let shown = stdout(&show);
+    for needle in [
+        trace_id,
+        "parent span",
+        "00f067aa0ba902b7",
+        "echo ok",
+        "\"label\":\"good\"",
+    ] {
+        assert!(shown.contains(needle), "missing {needle}:\n{shown}");
+    }
+    let export_path = project.path("traces.jsonl");
+    let export = project.plumb(&[
+        "traces",
+        "export",
+        "--model",
+        "echo-model",
+        "--output",
+        export_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&export), 0, "{}", stderr(&export));
+    let exported = std::fs::read_to_string(&export_path).unwrap();
+    assert_eq!(exported.lines().count(), 2);
+    assert!(exported.contains("\"feedback\":[{"), "{exported}");
+
+    let missing = project.plumb(&["traces", "show", "nope"]);
+    assert_eq!(code(&missing), 2);
+    assert!(stderr(&missing).contains("no trace `nope`"));
+    let bad_since = project.plumb(&["traces", "export", "--since", "yesterday"]);
+    assert_eq!(code(&bad_since), 2);
+    assert!(stderr(&bad_since).contains("--since `yesterday`"));
 }
