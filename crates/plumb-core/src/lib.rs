@@ -9,6 +9,7 @@ mod diagnostic;
 mod error;
 mod ids;
 mod model;
+mod stream;
 
 pub use chat::{
     ChatRequest, ChatResponse, FinishReason, JsonSchemaFormat, Message, ModelParams,
@@ -18,3 +19,4 @@ pub use diagnostic::{SourceError, did_you_mean, edit_distance};
 pub use error::{ModelError, ModelErrorKind};
 pub use ids::{RunId, hash_hex, now_ms, short_hash};
 pub use model::{BoxFuture, ChatModel, Embedder, Pricing};
+pub use stream::{Assembler, ChatDelta, ChatStream, ToolCallDelta};

@@ -8,7 +8,7 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ChatRequest, ChatResponse, ModelError, Usage};
+use crate::{ChatDelta, ChatRequest, ChatResponse, ChatStream, ModelError, Usage};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -36,6 +36,21 @@ pub trait ChatModel: Send + Sync {
         &'a self,
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, ModelError>>;
+
+    /// The answer as it is generated. Resolves once the model has accepted the request (so a
+    /// refusal is an error here, not in the stream). Models that cannot stream send the whole
+    /// answer as one delta.
+    fn chat_stream<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatStream, ModelError>> {
+        Box::pin(async move {
+            let response = self.chat(request).await?;
+            let stream: ChatStream =
+                Box::pin(futures_util::stream::iter([Ok(ChatDelta::whole(response))]));
+            Ok(stream)
+        })
+    }
 
     /// Checks, before a run starts, what would make every call fail (a missing API key, a
     /// missing model file), so the user hears about it once and at once.

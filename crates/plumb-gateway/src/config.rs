@@ -16,6 +16,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use indexmap::IndexMap;
 use plumb_core::{ChatModel, Embedder, SourceError};
@@ -86,6 +87,19 @@ struct RawModel {
     targets: Vec<RawTarget>,
     #[serde(default)]
     breaker: Option<RawBreaker>,
+    #[serde(default)]
+    retry: Option<RawRetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default)]
+    attempts: Option<u32>,
+    #[serde(default)]
+    base_ms: Option<u64>,
+    #[serde(default)]
+    max_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +117,12 @@ struct RawTarget {
     provider: String,
     #[serde(default)]
     config: Map<String, Value>,
+    #[serde(default)]
+    weight: Option<u32>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    ttft_ms: Option<u64>,
 }
 
 /// One provider a model alias can send a request to, with its circuit breaker.
@@ -111,6 +131,12 @@ pub struct Target {
     pub id: String,
     pub model: Arc<dyn ChatModel>,
     pub breaker: Arc<Breaker>,
+    /// Share of first tries when the route balances by weight (0: fallback only).
+    pub weight: u32,
+    /// Longest a whole answer may take, streamed or not.
+    pub timeout: Option<Duration>,
+    /// Longest a streamed answer may take to produce its first token.
+    pub ttft: Option<Duration>,
 }
 
 impl std::fmt::Debug for Target {
@@ -124,6 +150,79 @@ impl std::fmt::Debug for Target {
 pub struct Route {
     pub alias: String,
     pub targets: Vec<Target>,
+    /// Whether any target has a `weight`: then each request draws its order by weight.
+    pub weighted: bool,
+    pub retry: RetryPolicy,
+}
+
+/// Retries of the same target before falling back to the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Extra tries per target after a retryable failure.
+    pub attempts: u32,
+    /// First backoff; doubles each retry, with full jitter.
+    pub base: Duration,
+    /// A longer wait (backoff or the upstream's Retry-After) moves on to the next target.
+    pub max_wait: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 0,
+            base: Duration::from_millis(100),
+            max_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// How long to wait before retry `n` (0-based), or `None` to move on: the upstream's
+    /// Retry-After when it gave one, else jittered exponential backoff.
+    pub fn wait(&self, n: u32, retry_after: Option<Duration>) -> Option<Duration> {
+        if n >= self.attempts {
+            return None;
+        }
+        let wait = match retry_after {
+            Some(wait) => wait,
+            None => {
+                let ceiling = self.base.saturating_mul(1 << n.min(16));
+                ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
+            }
+        };
+        (wait <= self.max_wait).then_some(wait)
+    }
+}
+
+impl Route {
+    /// The order to try targets in for one request: as listed, or, on a weighted route, drawn
+    /// by weight (targets of weight 0 last, as listed).
+    pub fn order(&self) -> Vec<&Target> {
+        if !self.weighted {
+            return self.targets.iter().collect();
+        }
+        let mut pool: Vec<&Target> = self.targets.iter().filter(|t| t.weight > 0).collect();
+        let mut order = Vec::with_capacity(self.targets.len());
+        while !pool.is_empty() {
+            let total: u64 = pool.iter().map(|t| u64::from(t.weight)).sum();
+            let mut pick = fastrand::u64(..total.max(1));
+            let index = pool
+                .iter()
+                .position(|t| {
+                    let weight = u64::from(t.weight);
+                    if pick < weight {
+                        true
+                    } else {
+                        pick -= weight;
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            order.push(pool.remove(index));
+        }
+        order.extend(self.targets.iter().filter(|t| t.weight == 0));
+        order
+    }
 }
 
 /// An embedding model alias (`POST /v1/embeddings`).
@@ -221,10 +320,43 @@ impl GatewayConfig {
             if policy.failures == 0 {
                 return Err(at("breaker.failures must be at least 1".into()));
             }
+            let retry = match model.retry {
+                Some(raw) => {
+                    let defaults = RetryPolicy::default();
+                    RetryPolicy {
+                        attempts: raw.attempts.unwrap_or(defaults.attempts),
+                        base: raw
+                            .base_ms
+                            .map(Duration::from_millis)
+                            .unwrap_or(defaults.base),
+                        max_wait: raw
+                            .max_wait_ms
+                            .map(Duration::from_millis)
+                            .unwrap_or(defaults.max_wait),
+                    }
+                }
+                None => RetryPolicy::default(),
+            };
+            let weighted = model.targets.iter().any(|t| t.weight.is_some());
+            if weighted && model.targets.iter().all(|t| t.weight == Some(0)) {
+                return Err(at(
+                    "every target has weight 0; give at least one a weight".into()
+                ));
+            }
             let mut targets = Vec::with_capacity(model.targets.len());
             for (index, target) in model.targets.into_iter().enumerate() {
-                let options: ProviderOptions = serde_json::from_value(Value::Object(target.config))
-                    .map_err(|error| at(format!("targets[{index}].config: {error}")))?;
+                let mut options: ProviderOptions =
+                    serde_json::from_value(Value::Object(target.config))
+                        .map_err(|error| at(format!("targets[{index}].config: {error}")))?;
+                // The route's retry policy decides retries; the provider's own would multiply
+                // them (and hide failures from the breaker) unless asked for explicitly.
+                options.max_retries = Some(options.max_retries.unwrap_or(0));
+                let millis = |value: Option<u64>, name: &str| match value {
+                    Some(0) => Err(at(format!("targets[{index}].{name} must be positive"))),
+                    other => Ok(other.map(Duration::from_millis)),
+                };
+                let timeout = millis(target.timeout_ms, "timeout_ms")?;
+                let ttft = millis(target.ttft_ms, "ttft_ms")?;
                 let built =
                     plumb_provider::build(&target.provider, &options, ctx).map_err(|error| {
                         let mut located = at(format!("targets[{index}]: {}", error.message));
@@ -235,9 +367,21 @@ impl GatewayConfig {
                     id: target.provider,
                     model: built,
                     breaker: Arc::new(Breaker::new(policy)),
+                    // Unweighted targets of a weighted route share evenly.
+                    weight: target.weight.unwrap_or(1),
+                    timeout,
+                    ttft,
                 });
             }
-            routes.insert(alias.clone(), Route { alias, targets });
+            routes.insert(
+                alias.clone(),
+                Route {
+                    alias,
+                    targets,
+                    weighted,
+                    retry,
+                },
+            );
         }
         let traces = match gateway.traces {
             Some(raw) => trace_options(raw, path)?,

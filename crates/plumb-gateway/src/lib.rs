@@ -9,6 +9,8 @@
 pub mod breaker;
 pub mod config;
 pub mod metrics;
+mod route;
+mod stream;
 pub mod trace;
 pub mod wire;
 
@@ -23,12 +25,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use plumb_core::{ChatRequest, ChatResponse, ModelError, ModelErrorKind, Usage};
+use plumb_core::{ChatRequest, ModelError, Usage};
 use plumb_store::{TraceRecord, TraceStore};
 use serde_json::{Value, json};
 
 pub use config::{EmbeddingRoute, GatewayConfig, Route, Target};
 pub use metrics::Metrics;
+use route::upstream_error;
 pub use trace::{TraceContext, TraceOptions, Tracer};
 use wire::OpenAiError;
 
@@ -239,6 +242,13 @@ impl Call {
 
     /// Adds the trace headers to `response`, then records the trace and the metrics.
     fn finish(self, gateway: &Gateway, mut response: Response) -> Response {
+        self.stamp(&mut response);
+        self.record(gateway);
+        response
+    }
+
+    /// `traceparent` (this span) and `x-plumb-trace-id` on the response.
+    fn stamp(&self, response: &mut Response) {
         let headers = response.headers_mut();
         if let Ok(value) = HeaderValue::from_str(&self.context.header()) {
             headers.insert("traceparent", value);
@@ -246,8 +256,6 @@ impl Call {
         if let Ok(value) = HeaderValue::from_str(&self.context.trace_id) {
             headers.insert("x-plumb-trace-id", value);
         }
-        self.record(gateway);
-        response
     }
 
     fn record(self, gateway: &Gateway) {
@@ -428,21 +436,39 @@ async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut call = Call::start(&gateway, "chat", "chatcmpl", &headers, caller);
-    let response = match complete(&gateway, body, &mut call).await {
-        Ok(response) => response,
+    match complete(&gateway, body, &mut call).await {
+        Ok(Answer::Ready(response)) => call.finish(&gateway, response),
+        Ok(Answer::Streaming(mut response, tail)) => {
+            // The status line and headers go out now; the rest of the answer and the trace
+            // follow as the upstream produces them.
+            call.stamp(&mut response);
+            tokio::spawn(async move {
+                let body = tail.run(&mut call).await;
+                call.record(&gateway);
+                drop(body);
+            });
+            response
+        }
         Err(error) => {
             call.fail(&error);
-            error.into_response()
+            call.finish(&gateway, error.into_response())
         }
-    };
-    call.finish(&gateway, response)
+    }
+}
+
+/// What a chat request turned into.
+enum Answer {
+    /// A whole response.
+    Ready(Response),
+    /// An SSE response whose body `StreamTail::run` is still writing.
+    Streaming(Response, Box<stream::StreamTail>),
 }
 
 async fn complete(
     gateway: &Gateway,
     body: Result<Bytes, BytesRejection>,
     call: &mut Call,
-) -> Result<Response, OpenAiError> {
+) -> Result<Answer, OpenAiError> {
     let body = body.map_err(body_error)?;
     let parsed = wire::parse_request(&body)?;
     call.model = parsed.model.clone();
@@ -476,45 +502,58 @@ async fn complete(
         call.params = params_json(&parsed.request);
         call.input = serde_json::to_value(&parsed.request.messages).unwrap_or(Value::Null);
     }
-    let (target, answer) = call_route(route, &parsed.request, call)
+    let (target, got) = route::call_route(route, &parsed.request, parsed.stream, call)
         .await
-        .map_err(RouteFailure::into_error)?;
-    call.usage = answer.usage;
-    call.cost_usd = target.model.pricing().map(|p| p.cost(&answer.usage));
-    call.finish_reason = Some(answer.finish_reason.map(|f| f.as_str()).unwrap_or("stop"));
-    call.response_model = answer.model.clone();
-    if gateway.tracing.is_some() {
-        call.output = json!({"content": answer.content, "tool_calls": answer.tool_calls});
-    }
+        .map_err(route::RouteFailure::into_error)?;
     let created = now_secs();
-    let mut response = if parsed.stream {
-        let events = wire::completion_events(
-            &call.request_id,
-            created,
-            &parsed.model,
-            &answer,
-            parsed.include_usage,
-        );
-        let mut text = String::new();
-        for event in events {
-            text.push_str("data: ");
-            text.push_str(&event);
-            text.push_str("\n\n");
+    let mut response = match got {
+        route::Got::Whole(answer) => {
+            call.usage = answer.usage;
+            call.cost_usd = target.model.pricing().map(|p| p.cost(&answer.usage));
+            call.finish_reason = Some(answer.finish_reason.map(|f| f.as_str()).unwrap_or("stop"));
+            call.response_model = answer.model.clone();
+            if gateway.tracing.is_some() {
+                call.output = json!({"content": answer.content, "tool_calls": answer.tool_calls});
+            }
+            Json(wire::completion_json(
+                &call.request_id,
+                created,
+                &parsed.model,
+                &answer,
+            ))
+            .into_response()
         }
-        let mut response = Response::new(Body::from(text));
-        response
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        response
-    } else {
-        Json(wire::completion_json(
-            &call.request_id,
-            created,
-            &parsed.model,
-            &answer,
-        ))
-        .into_response()
+        route::Got::Stream { first, rest } => {
+            call.ttft_ms = Some(call.started.elapsed().as_secs_f64() * 1000.0);
+            let (tail, body) = stream::StreamTail::new(stream::StreamSetup {
+                id: call.request_id.clone(),
+                created,
+                model: parsed.model.clone(),
+                include_usage: parsed.include_usage,
+                first,
+                rest,
+                deadline: target.timeout.map(|t| call.started + t),
+                pricing: target.model.pricing(),
+                capture: gateway.tracing.is_some(),
+            });
+            let mut response = Response::new(body);
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            response
+                .headers_mut()
+                .insert("cache-control", HeaderValue::from_static("no-cache"));
+            add_route_headers(&mut response, target, call);
+            return Ok(Answer::Streaming(response, Box::new(tail)));
+        }
     };
+    add_route_headers(&mut response, target, call);
+    Ok(Answer::Ready(response))
+}
+
+/// `x-plumb-target` (who answered) and `x-plumb-attempts` (calls made, skipped circuits not
+/// counted).
+fn add_route_headers(response: &mut Response, target: &Target, call: &Call) {
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&target.id) {
         headers.insert("x-plumb-target", value);
@@ -525,7 +564,6 @@ async fn complete(
         .filter(|a| a["outcome"] != "skipped")
         .count();
     headers.insert("x-plumb-attempts", HeaderValue::from(tried));
-    Ok(response)
 }
 
 /// The sampling parameters a trace keeps (not the tools' schemas, not the messages).
@@ -550,124 +588,6 @@ fn params_json(request: &ChatRequest) -> Value {
         }
     }
     params
-}
-
-/// Why a route produced no answer.
-enum RouteFailure {
-    /// The last target tried failed with this error.
-    Upstream { target: String, error: ModelError },
-    /// Every target's circuit is open; the soonest may be tried again after this long.
-    AllOpen {
-        alias: String,
-        retry_after: std::time::Duration,
-    },
-}
-
-impl RouteFailure {
-    fn into_error(self) -> OpenAiError {
-        match self {
-            RouteFailure::Upstream { target, error } => upstream_error(&target, &error),
-            RouteFailure::AllOpen { alias, retry_after } => {
-                let mut error = OpenAiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "api_error",
-                    Some("circuit_open"),
-                    format!("every target of `{alias}` has been failing; their circuits are open"),
-                );
-                error.retry_after = Some(retry_after.as_secs().max(1));
-                error
-            }
-        }
-    }
-}
-
-/// Tries the route's targets in order, skipping those whose circuit is open; moves on only
-/// when the error is one another target can avoid. Each attempt lands in `call`; returns the
-/// target that answered and its answer.
-async fn call_route<'r>(
-    route: &'r Route,
-    request: &ChatRequest,
-    call: &mut Call,
-) -> Result<(&'r Target, ChatResponse), RouteFailure> {
-    let mut last = None;
-    let mut soonest_retry: Option<std::time::Duration> = None;
-    for target in &route.targets {
-        if let breaker::Admission::Open(wait) = target.breaker.admit() {
-            soonest_retry = Some(soonest_retry.map_or(wait, |w| w.min(wait)));
-            call.attempts
-                .push(json!({"target": target.id, "outcome": "skipped", "reason": "circuit_open"}));
-            continue;
-        }
-        let began = Instant::now();
-        let result = target.model.chat(request).await;
-        call.attempts
-            .push(attempt_json(&target.id, began, result.as_ref().err()));
-        call.target = Some(target.id.clone());
-        match result {
-            Ok(answer) => {
-                target.breaker.succeeded();
-                return Ok((target, answer));
-            }
-            Err(error) => {
-                let retryable = error.is_retryable();
-                if retryable {
-                    target.breaker.failed();
-                } else {
-                    target.breaker.released();
-                }
-                last = Some((target.id.clone(), error));
-                if !retryable {
-                    break;
-                }
-            }
-        }
-    }
-    Err(match last {
-        Some((target, error)) => RouteFailure::Upstream { target, error },
-        None => RouteFailure::AllOpen {
-            alias: route.alias.clone(),
-            retry_after: soonest_retry.unwrap_or_default(),
-        },
-    })
-}
-
-/// An upstream failure in OpenAI's shape. Messages come from `ModelError`, which never holds
-/// credentials.
-fn upstream_error(target: &str, error: &ModelError) -> OpenAiError {
-    let message = format!("{target}: {}", error.message);
-    match error.kind {
-        ModelErrorKind::BadRequest => {
-            let mut e = OpenAiError::invalid(message, None);
-            e.status = error
-                .status
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .filter(|s| s.is_client_error())
-                .unwrap_or(StatusCode::BAD_REQUEST);
-            e
-        }
-        ModelErrorKind::RateLimited => {
-            let mut e = OpenAiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                Some("rate_limit_exceeded"),
-                message,
-            );
-            e.retry_after = error.retry_after.map(|d| d.as_secs().max(1));
-            e
-        }
-        ModelErrorKind::Timeout => OpenAiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "api_error",
-            Some("upstream_timeout"),
-            message,
-        ),
-        _ => OpenAiError::new(
-            StatusCode::BAD_GATEWAY,
-            "api_error",
-            Some("upstream_error"),
-            message,
-        ),
-    }
 }
 
 /// `POST /v1/feedback`: `{"trace_id", "score"?, "label"?, "comment"?}` attaches a judgement to

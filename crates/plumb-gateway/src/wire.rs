@@ -4,7 +4,10 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use plumb_core::{ChatRequest, ChatResponse, Message, ModelParams, ResponseFormat, Role, ToolCall};
+use plumb_core::{
+    ChatDelta, ChatRequest, ChatResponse, Message, ModelParams, ResponseFormat, Role, ToolCall,
+    Usage,
+};
 use serde_json::{Map, Value, json};
 
 /// An error as OpenAI writes it: `{"error": {"message", "type", "param", "code"}}`.
@@ -365,57 +368,79 @@ pub fn completion_json(id: &str, created: u64, model: &str, response: &ChatRespo
     })
 }
 
-/// The answer as `chat.completion.chunk` events: the role, the content, the tool calls, the
-/// finish reason, optionally the usage, then `[DONE]`.
-pub fn completion_events(
+/// One `chat.completion.chunk` as an SSE frame (`data: …\n\n`).
+pub fn chunk_frame(
     id: &str,
     created: u64,
     model: &str,
-    response: &ChatResponse,
-    include_usage: bool,
-) -> Vec<String> {
-    let chunk = |delta: Value, finish: Option<&str>| {
-        json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
-        })
-        .to_string()
-    };
-    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
-    if !response.content.is_empty() {
-        events.push(chunk(json!({"content": response.content}), None));
+    delta: Value,
+    finish: Option<&str>,
+) -> String {
+    let chunk = json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+    });
+    format!("data: {chunk}\n\n")
+}
+
+/// The usage chunk sent last when the client asked for `stream_options.include_usage`.
+pub fn usage_frame(id: &str, created: u64, model: &str, usage: &Usage) -> String {
+    let chunk = json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total(),
+        },
+    });
+    format!("data: {chunk}\n\n")
+}
+
+/// An error inside a stream that has already started (the status line said 200).
+pub fn error_frame(message: &str, code: &str) -> String {
+    let body =
+        json!({"error": {"message": message, "type": "api_error", "param": null, "code": code}});
+    format!("data: {body}\n\n")
+}
+
+pub const DONE_FRAME: &str = "data: [DONE]\n\n";
+
+/// The visible part of a delta (`content`, `tool_calls`), or none when it has neither.
+pub fn delta_json(delta: &ChatDelta) -> Option<Value> {
+    let mut out = Map::new();
+    if !delta.content.is_empty() {
+        out.insert("content".into(), json!(delta.content));
     }
-    if !response.tool_calls.is_empty() {
-        let calls: Vec<Value> = response
+    if !delta.tool_calls.is_empty() {
+        let calls: Vec<Value> = delta
             .tool_calls
             .iter()
-            .enumerate()
-            .map(|(index, call)| {
-                json!({"index": index, "id": call.id, "type": call.kind,
-                       "function": {"name": call.function.name, "arguments": call.function.arguments}})
+            .map(|call| {
+                let mut function = Map::new();
+                if let Some(name) = &call.name {
+                    function.insert("name".into(), json!(name));
+                }
+                function.insert("arguments".into(), json!(call.arguments));
+                let mut item = Map::new();
+                item.insert("index".into(), json!(call.index));
+                if let Some(id) = &call.id {
+                    item.insert("id".into(), json!(id));
+                    item.insert("type".into(), json!("function"));
+                }
+                item.insert("function".into(), Value::Object(function));
+                Value::Object(item)
             })
             .collect();
-        events.push(chunk(json!({"tool_calls": calls}), None));
+        out.insert("tool_calls".into(), Value::Array(calls));
     }
-    events.push(chunk(json!({}), Some(finish_reason(response))));
-    if include_usage {
-        events.push(
-            json!({
-                "id": id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": usage_json(response),
-            })
-            .to_string(),
-        );
-    }
-    events.push("[DONE]".to_owned());
-    events
+    (!out.is_empty()).then_some(Value::Object(out))
 }
 
 /// A parsed `POST /v1/embeddings` body.

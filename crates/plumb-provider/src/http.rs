@@ -47,12 +47,27 @@ pub(crate) struct JsonRequest<'a> {
 
 /// POSTs `body` as JSON and returns the parsed JSON answer, retrying what is retryable.
 pub(crate) async fn post_json(request: JsonRequest<'_>) -> Result<Value, ModelError> {
+    let response = post(&request).await?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|error| transport_error(&error, request.url))?;
+    serde_json::from_slice(&bytes).map_err(|error| {
+        ModelError::new(
+            ModelErrorKind::Protocol,
+            format!("{} answered with invalid JSON: {error}", request.url),
+        )
+    })
+}
+
+/// POSTs `body` as JSON and returns the successful response with its body unread (a stream),
+/// retrying what is retryable until the status line arrives.
+pub(crate) async fn post(request: &JsonRequest<'_>) -> Result<reqwest::Response, ModelError> {
     let client = client()?;
     let mut attempt = 0;
     loop {
-        let result = post_once(&client, &request).await;
-        match result {
-            Ok(value) => return Ok(value),
+        match send_once(&client, request).await {
+            Ok(response) => return Ok(response),
             Err(error) if error.is_retryable() && attempt < request.max_retries => {
                 let wait = backoff(attempt, error.retry_after);
                 attempt += 1;
@@ -63,10 +78,10 @@ pub(crate) async fn post_json(request: JsonRequest<'_>) -> Result<Value, ModelEr
     }
 }
 
-async fn post_once(
+async fn send_once(
     client: &reqwest::Client,
     request: &JsonRequest<'_>,
-) -> Result<Value, ModelError> {
+) -> Result<reqwest::Response, ModelError> {
     let mut builder = client
         .post(request.url)
         .timeout(request.timeout)
@@ -79,19 +94,14 @@ async fn post_once(
         .await
         .map_err(|error| transport_error(&error, request.url))?;
     let status = response.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(response);
+    }
     let retry_after = retry_after(response.headers());
     let bytes = response
         .bytes()
         .await
         .map_err(|error| transport_error(&error, request.url))?;
-    if (200..300).contains(&status) {
-        return serde_json::from_slice(&bytes).map_err(|error| {
-            ModelError::new(
-                ModelErrorKind::Protocol,
-                format!("{} answered with invalid JSON: {error}", request.url),
-            )
-        });
-    }
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let detail = (request.error_message)(&body)
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned());
@@ -113,7 +123,7 @@ pub(crate) fn status_error(status: u16, detail: &str) -> ModelError {
     error
 }
 
-fn transport_error(error: &reqwest::Error, url: &str) -> ModelError {
+pub(crate) fn transport_error(error: &reqwest::Error, url: &str) -> ModelError {
     if error.is_timeout() {
         ModelError::new(
             ModelErrorKind::Timeout,

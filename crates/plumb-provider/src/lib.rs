@@ -12,6 +12,7 @@ pub mod mock;
 pub mod models;
 mod openai;
 pub mod pricing;
+mod sse;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};

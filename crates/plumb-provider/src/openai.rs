@@ -1,8 +1,9 @@
 //! OpenAI Chat Completions, and any server that speaks it (`openai-compatible:`).
 
 use plumb_core::{
-    BoxFuture, ChatModel, ChatRequest, ChatResponse, FinishReason, Message, ModelError,
-    ModelErrorKind, Pricing, Role, TokenLogprob, ToolCall, ToolCallFunction, Usage,
+    BoxFuture, ChatDelta, ChatModel, ChatRequest, ChatResponse, ChatStream, FinishReason, Message,
+    ModelError, ModelErrorKind, Pricing, Role, TokenLogprob, ToolCall, ToolCallDelta,
+    ToolCallFunction, Usage,
 };
 use serde_json::{Map, Value, json};
 
@@ -113,6 +114,248 @@ impl OpenAiModel {
     }
 }
 
+impl OpenAiModel {
+    /// Opens a streamed completion (`stream: true`, usage requested in the last chunk).
+    async fn open_stream(&self, request: &ChatRequest) -> Result<ChatStream, ModelError> {
+        let mut body = request_body(&self.model, request, self.flavor);
+        if let Some(object) = body.as_object_mut() {
+            object.insert("stream".into(), json!(true));
+            object.insert("stream_options".into(), json!({"include_usage": true}));
+        }
+        let headers = self.headers()?;
+        let response = http::post(&JsonRequest {
+            url: &self.url,
+            headers: &headers,
+            body: &body,
+            timeout: self.timeout,
+            max_retries: self.max_retries,
+            error_message,
+        })
+        .await?;
+        let prompt_estimate =
+            tokens::estimate_usage(&self.model, &request.messages, "").prompt_tokens;
+        Ok(stream_deltas(
+            response,
+            self.url.clone(),
+            self.model.clone(),
+            prompt_estimate,
+        ))
+    }
+}
+
+struct StreamState {
+    bytes:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    parser: crate::sse::SseParser,
+    pending: std::collections::VecDeque<Result<ChatDelta, ModelError>>,
+    url: String,
+    model: String,
+    prompt_estimate: u64,
+    content: String,
+    reported_model: Option<String>,
+    usage_seen: bool,
+    finished: bool,
+    done: bool,
+}
+
+/// The deltas of an OpenAI-style SSE body. A stream that ends before the finish reason (or
+/// `[DONE]`) ends with an error: the answer is incomplete.
+fn stream_deltas(
+    response: reqwest::Response,
+    url: String,
+    model: String,
+    prompt_estimate: u64,
+) -> ChatStream {
+    use futures_util::StreamExt as _;
+    let state = StreamState {
+        bytes: Box::pin(response.bytes_stream()),
+        parser: crate::sse::SseParser::default(),
+        pending: std::collections::VecDeque::new(),
+        url,
+        model,
+        prompt_estimate,
+        content: String::new(),
+        reported_model: None,
+        usage_seen: false,
+        finished: false,
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |mut state| async move {
+            loop {
+                if let Some(item) = state.pending.pop_front() {
+                    return Some((item, state));
+                }
+                if state.done {
+                    return None;
+                }
+                let events = match state.bytes.next().await {
+                    Some(Ok(chunk)) => state.parser.push(&chunk),
+                    Some(Err(error)) => {
+                        state.done = true;
+                        let mut failure = http::transport_error(&error, &state.url);
+                        failure.message = format!("{} (the stream broke)", failure.message);
+                        return Some((Err(failure), state));
+                    }
+                    None => {
+                        state.done = true;
+                        let rest: Vec<String> = state.parser.finish().into_iter().collect();
+                        state.take(rest);
+                        if !state.finished {
+                            state.pending.push_back(Err(ModelError::new(
+                                ModelErrorKind::Connect,
+                                format!(
+                                    "the stream from {} ended before the answer did",
+                                    state.url
+                                ),
+                            )));
+                        } else if !state.usage_seen {
+                            let usage = tokens::estimate_usage(&state.model, &[], &state.content);
+                            state.pending.push_back(Ok(ChatDelta {
+                                usage: Some(Usage {
+                                    prompt_tokens: state.prompt_estimate,
+                                    completion_tokens: usage.completion_tokens,
+                                }),
+                                ..ChatDelta::default()
+                            }));
+                        }
+                        continue;
+                    }
+                };
+                state.take(events);
+            }
+        },
+    ))
+}
+
+impl StreamState {
+    fn take(&mut self, events: Vec<String>) {
+        for event in events {
+            if self.done && event.trim() == "[DONE]" {
+                continue;
+            }
+            if event.trim() == "[DONE]" {
+                // What follows [DONE] is ignored; the stream is complete.
+                self.finished = true;
+                self.done = true;
+                self.pending.extend(self.closing());
+                continue;
+            }
+            match parse_chunk(&event) {
+                Ok(mut delta) => {
+                    if delta.model.is_some() {
+                        self.reported_model.clone_from(&delta.model);
+                    }
+                    delta.model = None;
+                    if delta.usage.is_some() {
+                        self.usage_seen = true;
+                    }
+                    if delta.finish_reason.is_some() {
+                        self.finished = true;
+                        delta.model.clone_from(&self.reported_model);
+                    }
+                    self.content.push_str(&delta.content);
+                    if !delta.is_empty() {
+                        self.pending.push_back(Ok(delta));
+                    }
+                }
+                Err(error) => {
+                    self.done = true;
+                    self.pending.push_back(Err(error));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// At `[DONE]`: the usage estimate when the server reported none.
+    fn closing(&self) -> Option<Result<ChatDelta, ModelError>> {
+        (!self.usage_seen).then(|| {
+            let usage = tokens::estimate_usage(&self.model, &[], &self.content);
+            Ok(ChatDelta {
+                usage: Some(Usage {
+                    prompt_tokens: self.prompt_estimate,
+                    completion_tokens: usage.completion_tokens,
+                }),
+                ..ChatDelta::default()
+            })
+        })
+    }
+}
+
+/// One `chat.completion.chunk` (or an error event) as a delta.
+fn parse_chunk(event: &str) -> Result<ChatDelta, ModelError> {
+    let value: Value = serde_json::from_str(event).map_err(|error| {
+        ModelError::new(
+            ModelErrorKind::Protocol,
+            format!("the stream sent an event that is not JSON: {error}"),
+        )
+    })?;
+    if let Some(error) = value.get("error") {
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error");
+        return Err(ModelError::new(
+            ModelErrorKind::Server,
+            format!("the stream reported an error: {message}"),
+        ));
+    }
+    let mut delta = ChatDelta {
+        model: value
+            .get("model")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        ..ChatDelta::default()
+    };
+    if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
+        delta.usage = Some(Usage {
+            prompt_tokens: usage
+                .get("prompt_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            completion_tokens: usage
+                .get("completion_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        });
+    }
+    if let Some(choice) = value.pointer("/choices/0") {
+        if let Some(content) = choice.pointer("/delta/content").and_then(Value::as_str) {
+            content.clone_into(&mut delta.content);
+        }
+        if let Some(calls) = choice
+            .pointer("/delta/tool_calls")
+            .and_then(Value::as_array)
+        {
+            for (position, call) in calls.iter().enumerate() {
+                delta.tool_calls.push(ToolCallDelta {
+                    index: call
+                        .get("index")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(position as u64) as u32,
+                    id: call.get("id").and_then(Value::as_str).map(str::to_owned),
+                    name: call
+                        .pointer("/function/name")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                    arguments: call
+                        .pointer("/function/arguments")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                });
+            }
+        }
+        delta.finish_reason = choice
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .map(FinishReason::from_openai);
+    }
+    Ok(delta)
+}
+
 fn unreachable_base(id: &str) -> Result<String, ModelError> {
     Err(ModelError::config(format!(
         "provider `{id}` has no base URL"
@@ -129,6 +372,13 @@ impl ChatModel for OpenAiModel {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
         Box::pin(self.call(request))
+    }
+
+    fn chat_stream<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatStream, ModelError>> {
+        Box::pin(self.open_stream(request))
     }
 
     fn pricing(&self) -> Option<Pricing> {

@@ -29,6 +29,44 @@ pub struct Reply {
     pub body: Value,
     pub headers: Vec<(String, String)>,
     pub delay: Duration,
+    /// Served as server-sent events instead of `body`.
+    pub stream: Option<StreamScript>,
+}
+
+/// A scripted SSE answer: `data:` events sent `gap` apart, then either the end of the body
+/// or (when `broken`) an aborted connection.
+#[derive(Clone, Debug)]
+pub struct StreamScript {
+    pub events: Vec<String>,
+    pub gap: Duration,
+    pub broken: bool,
+}
+
+/// OpenAI `chat.completion.chunk` events for `pieces`, then the finish reason, usage and
+/// `[DONE]`.
+pub fn openai_chunks(pieces: &[&str]) -> Vec<String> {
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+               "model": "mock-model-2024",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        .to_string()
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    for piece in pieces {
+        events.push(chunk(json!({"content": piece}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    events.push(
+        json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+               "model": "mock-model-2024", "choices": [],
+               "usage": {"prompt_tokens": 11, "completion_tokens": pieces.len(), "total_tokens": 11 + pieces.len()}})
+        .to_string(),
+    );
+    events.push("[DONE]".to_owned());
+    events
 }
 
 impl Reply {
@@ -38,7 +76,42 @@ impl Reply {
             body,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            stream: None,
         }
+    }
+
+    /// A complete OpenAI stream of `pieces`.
+    pub fn openai_stream(pieces: &[&str]) -> Reply {
+        Reply {
+            stream: Some(StreamScript {
+                events: openai_chunks(pieces),
+                gap: Duration::ZERO,
+                broken: false,
+            }),
+            ..Reply::json(200, Value::Null)
+        }
+    }
+
+    /// An OpenAI stream that sends `pieces` and then drops the connection.
+    pub fn broken_stream(pieces: &[&str]) -> Reply {
+        let mut events = openai_chunks(pieces);
+        events.truncate(1 + pieces.len());
+        Reply {
+            stream: Some(StreamScript {
+                events,
+                gap: Duration::ZERO,
+                broken: true,
+            }),
+            ..Reply::json(200, Value::Null)
+        }
+    }
+
+    /// Waits `gap` before each event of a stream.
+    pub fn gap(mut self, gap: Duration) -> Reply {
+        if let Some(stream) = self.stream.as_mut() {
+            stream.gap = gap;
+        }
+        self
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Reply {
@@ -195,7 +268,10 @@ async fn scripted(
         tokio::time::sleep(reply.delay).await;
     }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, axum::Json(reply.body)).into_response();
+    let mut response = match reply.stream {
+        Some(script) => sse_response(script),
+        None => (status, axum::Json(reply.body)).into_response(),
+    };
     for (name, value) in reply.headers {
         if let (Ok(name), Ok(value)) = (
             axum::http::HeaderName::from_bytes(name.as_bytes()),
@@ -216,7 +292,48 @@ async fn openai(
         return response;
     }
     let content = format!("echo: {}", last_user(body.get("messages")));
+    if body.get("stream").and_then(Value::as_bool) == Some(true) {
+        let words: Vec<String> = content.split_inclusive(' ').map(str::to_owned).collect();
+        let pieces: Vec<&str> = words.iter().map(String::as_str).collect();
+        return sse_response(StreamScript {
+            events: openai_chunks(&pieces),
+            gap: Duration::ZERO,
+            broken: false,
+        });
+    }
     axum::Json(openai_completion(&content, "stop")).into_response()
+}
+
+fn sse_response(script: StreamScript) -> Response {
+    use futures_util::StreamExt as _;
+    let StreamScript {
+        events,
+        gap,
+        broken,
+    } = script;
+    // A broken stream pauses before breaking, so what came before has left the socket.
+    let items = events.into_iter().map(Some).chain(broken.then_some(None));
+    let frames = futures_util::stream::iter(items).then(move |event| async move {
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        match event {
+            Some(event) => Ok(format!("data: {event}\n\n")),
+            None => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "scripted broken stream",
+                ))
+            }
+        }
+    });
+    let mut response = Response::new(axum::body::Body::from_stream(frames));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/event-stream"),
+    );
+    response
 }
 
 async fn anthropic(

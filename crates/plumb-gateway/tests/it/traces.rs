@@ -489,3 +489,40 @@ fn otlp_spans_carry_the_genai_attributes() {
         "stop"
     );
 }
+
+#[tokio::test]
+async fn a_streamed_answer_is_traced_when_it_ends() {
+    let mock = MockServer::start().await;
+    mock.push(Reply::openai_stream(&["a ", "b"]).gap(Duration::from_millis(20)));
+    mock.push(Reply::broken_stream(&["cut "]));
+    let traced = traced(&priced_targets(&mock));
+    for _ in 0..2 {
+        let mut request = ask("s");
+        request["stream"] = json!(true);
+        let (status, _, _) = send(
+            &traced.gateway,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(request),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let traces = flushed(&traced).await;
+    assert_eq!(traces.len(), 2);
+    let whole = &traces[0];
+    assert!(whole.stream);
+    assert_eq!(whole.detail["output"]["content"], "a b");
+    assert_eq!(whole.completion_tokens, 2);
+    let ttft = whole.ttft_ms.unwrap();
+    assert!(
+        ttft > 0.0 && ttft < whole.latency_ms,
+        "{ttft} vs {}",
+        whole.latency_ms
+    );
+    assert_eq!(whole.error, None);
+    let broken = &traces[1];
+    assert_eq!(broken.error.as_deref(), Some("stream_broken"));
+    assert_eq!(broken.detail["output"]["content"], "cut ");
+}

@@ -10,6 +10,7 @@
 )]
 
 mod local;
+mod stream;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
