@@ -9,6 +9,7 @@
 pub mod breaker;
 pub mod config;
 pub mod metrics;
+pub mod prompts;
 mod route;
 mod stream;
 pub mod trace;
@@ -38,12 +39,24 @@ use wire::OpenAiError;
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Gateway {
     pub config: GatewayConfig,
     pub metrics: Arc<Metrics>,
     /// Where traces go; none: requests are counted in metrics but not traced.
     pub tracing: Option<Tracing>,
+    /// Registered prompts for `prompt:NAME@LABEL` models; none: such models are unknown.
+    pub prompts: Option<Arc<dyn prompts::PromptSource>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("config", &self.config)
+            .field("tracing", &self.tracing)
+            .field("prompts", &self.prompts.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The trace writer and the store it writes to (also read for feedback).
@@ -67,7 +80,14 @@ impl Gateway {
             config,
             metrics: Arc::new(Metrics::default()),
             tracing: None,
+            prompts: None,
         }
+    }
+
+    /// Serves `prompt:NAME@LABEL` models from `source`.
+    pub fn with_prompts(mut self, source: Arc<dyn prompts::PromptSource>) -> Gateway {
+        self.prompts = Some(source);
+        self
     }
 
     /// Starts the trace writer on the current runtime; the handle ends once the gateway is
@@ -167,6 +187,7 @@ struct Call {
     model: String,
     prompt: Option<String>,
     prompt_version: Option<i64>,
+    prompt_hash: Option<String>,
     target: Option<String>,
     attempts: Vec<Value>,
     status: u16,
@@ -215,6 +236,7 @@ impl Call {
             model: String::new(),
             prompt: None,
             prompt_version: None,
+            prompt_hash: None,
             target: None,
             attempts: Vec::new(),
             status: 200,
@@ -292,6 +314,7 @@ impl Call {
             put("error_message", json!(self.error_message));
             put("finish_reason", json!(self.finish_reason));
             put("response_model", json!(self.response_model));
+            put("prompt_hash", json!(self.prompt_hash));
             if !self.headers.is_empty() {
                 put(
                     "headers",
@@ -470,10 +493,42 @@ async fn complete(
     call: &mut Call,
 ) -> Result<Answer, OpenAiError> {
     let body = body.map_err(body_error)?;
-    let parsed = wire::parse_request(&body)?;
+    let mut parsed = wire::parse_request(&body)?;
     call.model = parsed.model.clone();
     call.stream = parsed.stream;
-    let route = gateway.config.routes.get(&parsed.model).ok_or_else(|| {
+    let mut response_model = parsed.model.clone();
+    let mut alias = parsed.model.clone();
+    if let Some(reference) = parsed.model.strip_prefix("prompt:") {
+        let rendered =
+            prompts::render(gateway.prompts.as_ref(), reference, &mut parsed.request).await?;
+        let prompt = &rendered.prompt;
+        call.prompt = Some(prompt.name.clone());
+        call.prompt_version = Some(prompt.version);
+        call.prompt_hash = Some(prompt.hash.clone());
+        response_model = format!("prompt:{}@{}", prompt.name, prompt.version);
+        alias = rendered.alias;
+    }
+    if parsed.request.messages.is_empty() {
+        return Err(OpenAiError::invalid(
+            "`messages` is empty",
+            Some("messages"),
+        ));
+    }
+    let route = gateway.config.routes.get(&alias).ok_or_else(|| {
+        if call.prompt.is_some() {
+            let mut error = OpenAiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("model_not_found"),
+                format!(
+                    "prompt `{}` v{} runs on `{alias}`, which this gateway does not serve; add it under gateway.models",
+                    call.prompt.as_deref().unwrap_or_default(),
+                    call.prompt_version.unwrap_or_default()
+                ),
+            );
+            error.param = Some("model".into());
+            return error;
+        }
         let known: Vec<&str> = gateway.config.routes.keys().map(String::as_str).collect();
         let mut error = OpenAiError::new(
             StatusCode::NOT_FOUND,
@@ -518,7 +573,7 @@ async fn complete(
             Json(wire::completion_json(
                 &call.request_id,
                 created,
-                &parsed.model,
+                &response_model,
                 &answer,
             ))
             .into_response()
@@ -528,7 +583,7 @@ async fn complete(
             let (tail, body) = stream::StreamTail::new(stream::StreamSetup {
                 id: call.request_id.clone(),
                 created,
-                model: parsed.model.clone(),
+                model: response_model,
                 include_usage: parsed.include_usage,
                 first,
                 rest,
@@ -564,6 +619,16 @@ fn add_route_headers(response: &mut Response, target: &Target, call: &Call) {
         .filter(|a| a["outcome"] != "skipped")
         .count();
     headers.insert("x-plumb-attempts", HeaderValue::from(tried));
+    if let (Some(name), Some(version), Some(hash)) =
+        (&call.prompt, call.prompt_version, &call.prompt_hash)
+    {
+        if let Ok(value) = HeaderValue::from_str(&format!("{name}@{version}")) {
+            headers.insert("x-plumb-prompt", value);
+        }
+        if let Ok(value) = HeaderValue::from_str(hash) {
+            headers.insert("x-plumb-prompt-hash", value);
+        }
+    }
 }
 
 /// The sampling parameters a trace keeps (not the tools' schemas, not the messages).

@@ -148,18 +148,18 @@ pub fn parse_request(bytes: &[u8]) -> Result<CompletionRequest, OpenAiError> {
             ));
         }
     };
-    let Some(Value::Array(raw_messages)) = field(&body, "messages") else {
-        return Err(OpenAiError::invalid(
-            "missing required parameter: `messages` (an array)",
-            Some("messages"),
-        ));
+    let no_messages = Vec::new();
+    let raw_messages = match field(&body, "messages") {
+        Some(Value::Array(messages)) => messages,
+        None if model.starts_with("prompt:") => &no_messages,
+        _ => {
+            return Err(OpenAiError::invalid(
+                "missing required parameter: `messages` (an array)",
+                Some("messages"),
+            ));
+        }
     };
-    if raw_messages.is_empty() {
-        return Err(OpenAiError::invalid(
-            "`messages` is empty",
-            Some("messages"),
-        ));
-    }
+    // Empty is refused once the model is known: a registered prompt brings its own messages.
     let mut messages = Vec::with_capacity(raw_messages.len());
     for (index, raw) in raw_messages.iter().enumerate() {
         messages.push(parse_message(raw, index)?);

@@ -236,6 +236,7 @@ fn param_lines(file: &PromptFile) -> Vec<String> {
             lines.push(format!("{name}: {value}"));
         }
     };
+    push("model", file.model.clone());
     push("temperature", params.temperature.map(|v| v.to_string()));
     push("top_p", params.top_p.map(|v| v.to_string()));
     push("top_k", params.top_k.map(|v| v.to_string()));

@@ -22,6 +22,8 @@ struct YamlFile<'a> {
     risk: Option<Risk>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     tags: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
     messages: Vec<YamlMessage<'a>>,
     #[serde(skip_serializing_if = "<[Example]>::is_empty")]
     examples: &'a [Example],
@@ -126,6 +128,7 @@ fn view(file: &PromptFile, scope: YamlScope) -> YamlFile<'_> {
         owner: file.owner.as_deref().filter(|_| full),
         risk: file.risk.filter(|_| full),
         tags: if full { &file.tags } else { &[] },
+        model: file.model.as_deref(),
         messages: file
             .messages
             .iter()

@@ -25,6 +25,8 @@ struct RawPromptFile {
     risk: Option<Risk>,
     #[serde(default)]
     tags: Vec<String>,
+    #[serde(default)]
+    model: Option<String>,
     messages: Vec<RawMessage>,
     #[serde(default)]
     examples: Vec<Example>,
@@ -234,6 +236,10 @@ pub struct PromptFile {
     pub risk: Option<Risk>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// The model the prompt is written for: a gateway model alias or a provider id. The gateway
+    /// sends `prompt:NAME@LABEL` requests there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     pub messages: Vec<MessageTemplate>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub examples: Vec<Example>,
@@ -244,6 +250,9 @@ pub struct PromptFile {
 /// The part of a prompt file that makes a version: what is sent to the model.
 #[derive(Serialize)]
 struct Content<'a> {
+    // Absent when unset, so versions written before prompts named a model keep their hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
     messages: &'a [MessageTemplate],
     #[serde(skip_serializing_if = "<[Example]>::is_empty")]
     examples: &'a [Example],
@@ -334,6 +343,10 @@ impl PromptFile {
             owner: raw.owner,
             risk: raw.risk,
             tags: raw.tags,
+            model: raw
+                .model
+                .map(|m| m.trim().to_owned())
+                .filter(|m| !m.is_empty()),
             messages,
             examples: raw.examples,
             params,
@@ -358,6 +371,7 @@ impl PromptFile {
             owner: None,
             risk: None,
             tags: Vec::new(),
+            model: None,
             messages,
             examples: Vec::new(),
             params: ModelParams::default(),
@@ -377,12 +391,13 @@ impl PromptFile {
         }
     }
 
-    /// Hash of the content (messages, few-shot examples, parameters, variables): the identity
+    /// Hash of the content (model, messages, few-shot examples, parameters, variables): the identity
     /// of a version. Name and descriptive metadata are left out, so renaming or re-describing a
     /// prompt is not a new version, and an eval of a working file counts for the registry
     /// version with the same content.
     pub fn content_hash(&self) -> String {
         let content = Content {
+            model: self.model.as_deref(),
             messages: &self.messages,
             examples: &self.examples,
             params: &self.params,

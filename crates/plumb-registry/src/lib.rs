@@ -35,6 +35,7 @@ pub use policy::Evidence;
 pub trait Db: Store + RegistryStore {}
 impl<T: Store + RegistryStore> Db for T {}
 
+#[derive(Clone)]
 pub struct Registry {
     db: Arc<dyn Db>,
     config: ProjectConfig,

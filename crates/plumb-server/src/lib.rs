@@ -12,6 +12,7 @@
 mod api;
 mod error;
 mod keys;
+mod prompts;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 
 pub use error::ApiError;
 pub use keys::KeyCache;
+pub use prompts::RegistryPrompts;
 
 /// How requests are authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

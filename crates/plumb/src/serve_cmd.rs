@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use plumb_gateway::{Gateway, GatewayConfig};
@@ -86,7 +87,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
     }
     // The trace writer gets a connection of its own, so API reads never wait behind a batch.
     let trace_store = project::open_db(args.store.db.as_deref(), &cwd)?;
-    let (gateway, _writer) = Gateway::new(gateway).with_traces(trace_store);
+    let prompts = plumb_server::RegistryPrompts::new(registry.clone(), Duration::from_secs(1));
+    let (gateway, _writer) = Gateway::new(gateway)
+        .with_prompts(Arc::new(prompts))
+        .with_traces(trace_store);
     let gateway = Arc::new(gateway);
     let state = Arc::new(ServerState {
         registry,

@@ -77,6 +77,7 @@ pub fn prompt_file() -> impl Strategy<Value = PromptFile> {
                     owner: None,
                     risk,
                     tags: vec!["t".into()],
+                    model: with_default.then(|| "fast".to_owned()),
                     messages: messages
                         .into_iter()
                         .map(|(role, content)| MessageTemplate { role, content })

@@ -224,3 +224,153 @@ async fn every_call_is_traced_with_its_key_and_readable_through_the_api() {
     let anonymous = f.call("GET", "/metrics", None, None, &[]).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_registered_prompt_is_a_model() {
+    let f = fixture(AuthMode::Keys);
+    let push = json!({"prompt": {"model": "echo-model", "params": {"temperature": 0.3},
+        "messages": [{"role": "system", "content": "Route tickets."},
+                     {"role": "user", "content": "Ticket: {{ ticket }}"}],
+        "variables": {"ticket": {"type": "string"}}}, "message": "with a model"})
+    .to_string();
+    let pushed = f
+        .call(
+            "POST",
+            "/api/v1/prompts/triage/versions",
+            Some(&f.editor),
+            Some(&push),
+            &[],
+        )
+        .await;
+    assert_eq!(pushed.status, StatusCode::CREATED, "{}", pushed.json);
+    let version = pushed.json["version"].as_u64().unwrap();
+    let staging = json!({"version": version}).to_string();
+    let moved = f
+        .call(
+            "PUT",
+            "/api/v1/prompts/triage/labels/staging",
+            Some(&f.editor),
+            Some(&staging),
+            &[],
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.json);
+
+    // `messages` may be left out: the prompt brings its own.
+    let body = json!({"model": "prompt:triage@staging",
+        "variables": {"ticket": "printer on fire"}})
+    .to_string();
+    let reply = f
+        .call(
+            "POST",
+            "/v1/chat/completions",
+            Some(&f.viewer),
+            Some(&body),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
+    assert_eq!(reply.json["model"], format!("prompt:triage@{version}"));
+    assert_eq!(
+        reply.headers["x-plumb-prompt"].to_str().unwrap(),
+        format!("triage@{version}")
+    );
+    assert_eq!(reply.headers["x-plumb-target"], "echo");
+    assert!(
+        reply.json["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Ticket: printer on fire")
+    );
+    let trace_id = reply.headers["x-plumb-trace-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let hash = reply.headers["x-plumb-prompt-hash"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // Feedback waits for the trace to be written, so the read after it finds the trace.
+    let feedback = json!({"trace_id": trace_id, "score": 1}).to_string();
+    f.call(
+        "POST",
+        "/v1/feedback",
+        Some(&f.viewer),
+        Some(&feedback),
+        &[],
+    )
+    .await;
+    let trace = f
+        .call(
+            "GET",
+            &format!("/api/v1/traces/{trace_id}"),
+            Some(&f.viewer),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(trace.json["prompt"], "triage");
+    assert_eq!(trace.json["prompt_version"], version);
+    assert_eq!(trace.json["detail"]["prompt_hash"], hash);
+    assert_eq!(trace.json["model"], "prompt:triage@staging");
+    assert_eq!(trace.json["detail"]["params"]["temperature"], 0.3);
+
+    // What goes wrong, and how it is said.
+    for (body, status, code, needle) in [
+        (
+            json!({"model": "prompt:triage@staging"}),
+            400,
+            "null",
+            "needs the variable `ticket`",
+        ),
+        (
+            json!({"model": "prompt:nope@production", "variables": {}}),
+            404,
+            "\"prompt_not_found\"",
+            "nope",
+        ),
+        (
+            json!({"model": "prompt:triage@staging", "variables": "ticket"}),
+            400,
+            "null",
+            "`variables` must be an object",
+        ),
+        (
+            json!({"model": "prompt:triage@1", "variables": {"ticket": "x"}}),
+            400,
+            "\"prompt_without_model\"",
+            "names no model",
+        ),
+        (
+            json!({"model": "prompt:Bad Name", "variables": {}}),
+            400,
+            "\"invalid_prompt_reference\"",
+            "invalid prompt name",
+        ),
+    ] {
+        let reply = f
+            .call(
+                "POST",
+                "/v1/chat/completions",
+                Some(&f.viewer),
+                Some(&body.to_string()),
+                &[],
+            )
+            .await;
+        assert_eq!(reply.status.as_u16(), status, "{}", reply.json);
+        assert_eq!(
+            reply.json["error"]["code"].to_string(),
+            code,
+            "{}",
+            reply.json
+        );
+        assert!(
+            reply.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(needle),
+            "{}",
+            reply.json
+        );
+    }
+}

@@ -70,7 +70,8 @@ pub fn fixture(mode: AuthMode) -> Fixture {
         &ProviderContext::new(dir.path()),
     )
     .unwrap();
-    let mut gateway = Gateway::new(gateway);
+    let prompts = plumb_server::RegistryPrompts::new(registry.clone(), std::time::Duration::ZERO);
+    let mut gateway = Gateway::new(gateway).with_prompts(Arc::new(prompts));
     // Traces need a runtime for their writer; the few sync tests go without.
     if tokio::runtime::Handle::try_current().is_ok() {
         gateway = gateway.with_traces(store.clone()).0;

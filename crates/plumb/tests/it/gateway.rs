@@ -52,6 +52,9 @@ try:
     client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
 except openai.NotFoundError as e:
     print("notfound", e.body["code"])
+p = client.chat.completions.create(model="prompt:route@latest", messages=[],
+    extra_body={"variables": {"ticket": "printer on fire"}})
+print("prompt", p.model, "printer on fire" in p.choices[0].message.content)
 vectors = client.embeddings.create(model="minilm", input=["a cat", "a dog"])
 print("embeddings", len(vectors.data), len(vectors.data[0].embedding))
 try:
@@ -68,6 +71,12 @@ fn the_official_openai_client_works_against_plumb_serve() {
         "plumb.yaml",
         "gateway:\n  models:\n    echo-model:\n      targets: [{provider: echo}]\n  embeddings:\n    minilm: {provider: local:all-minilm-l6-v2}\n",
     );
+    project.write(
+        "prompts/route.yaml",
+        "name: route\nmodel: echo-model\nmessages:\n  - role: user\n    content: \"Ticket: {{ ticket }}\"\nvariables:\n  ticket: {type: string}\n",
+    );
+    let out = project.plumb(&["prompt", "push", "prompts/route.yaml"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     let out = project.plumb(&["keys", "create", "--role", "viewer", "--name", "sdk"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let key = stdout(&out).trim().to_owned();
@@ -134,6 +143,7 @@ fn the_official_openai_client_works_against_plumb_serve() {
         "{printed}"
     );
     assert!(printed.contains("feedback 201"), "{printed}");
+    assert!(printed.contains("prompt prompt:route@1 True"), "{printed}");
 
     // The request log, read back by the CLI: one trace per model call (the completion, the
     // stream, the unknown model, the embeddings), the caller's trace continued.
@@ -147,12 +157,23 @@ fn the_official_openai_client_works_against_plumb_serve() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(traces.len(), 4, "{traces:?}");
+    assert_eq!(traces.len(), 5, "{traces:?}");
     let models: Vec<&str> = traces
         .iter()
         .map(|t| t["model"].as_str().unwrap())
         .collect();
-    assert_eq!(models, ["echo-model", "echo-model", "nope", "minilm"]);
+    assert_eq!(
+        models,
+        [
+            "echo-model",
+            "echo-model",
+            "nope",
+            "prompt:route@latest",
+            "minilm"
+        ]
+    );
+    assert_eq!(traces[3]["prompt"], "route");
+    assert_eq!(traces[3]["prompt_version"], 1);
     assert_eq!(traces[1]["stream"], true);
     assert_eq!(traces[2]["status"], 404);
     assert!(traces.iter().all(|t| t["key_id"].as_str().is_some()));
@@ -181,6 +202,13 @@ fn the_official_openai_client_works_against_plumb_serve() {
     assert_eq!(code(&export), 0, "{}", stderr(&export));
     let exported = std::fs::read_to_string(&export_path).unwrap();
     assert_eq!(exported.lines().count(), 2);
+    let by_prompt = project.plumb(&["traces", "tail", "--no-follow", "--prompt", "route"]);
+    assert_eq!(
+        stdout(&by_prompt).lines().count(),
+        1,
+        "{}",
+        stdout(&by_prompt)
+    );
     assert!(exported.contains("\"feedback\":[{"), "{exported}");
 
     let missing = project.plumb(&["traces", "show", "nope"]);
