@@ -22,6 +22,7 @@ use indexmap::IndexMap;
 use plumb_core::{ChatModel, Embedder, SourceError};
 
 use crate::breaker::{Breaker, BreakerPolicy};
+use crate::rules::{Condition, Rule, RuleRouter};
 use crate::trace::{Capture, OtlpOptions, SECRET_HEADERS, TraceOptions};
 use plumb_provider::{ProviderContext, ProviderOptions};
 use serde::Deserialize;
@@ -84,11 +85,39 @@ struct RawOtlp {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawModel {
+    #[serde(default)]
     targets: Vec<RawTarget>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
     #[serde(default)]
     breaker: Option<RawBreaker>,
     #[serde(default)]
     retry: Option<RawRetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    #[serde(default)]
+    when: Option<RawCondition>,
+    #[serde(rename = "use")]
+    target: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCondition {
+    #[serde(default)]
+    min_tokens: Option<u64>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    matches: Option<String>,
+    #[serde(default)]
+    tools: Option<bool>,
+    #[serde(default)]
+    min_messages: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,6 +275,8 @@ impl std::fmt::Debug for EmbeddingRoute {
 pub struct GatewayConfig {
     pub routes: IndexMap<String, Route>,
     pub embeddings: IndexMap<String, EmbeddingRoute>,
+    /// Aliases that pick another alias by rules (complexity routing).
+    pub routers: IndexMap<String, RuleRouter>,
     pub traces: TraceOptions,
 }
 
@@ -294,12 +325,23 @@ impl GatewayConfig {
             );
         }
         let mut routes = IndexMap::new();
+        let mut rule_sets = Vec::new();
         for (alias, model) in gateway.models {
             let at = |message: String| {
                 SourceError::in_file(path, format!("gateway.models.{alias}: {message}"))
             };
             if alias.is_empty() || alias.starts_with("prompt:") {
                 return Err(at("an alias cannot be empty or start with `prompt:`".into()));
+            }
+            if !model.rules.is_empty() {
+                if !model.targets.is_empty() || model.retry.is_some() || model.breaker.is_some() {
+                    return Err(at(
+                        "give either `rules` (route to other aliases) or `targets`, not both"
+                            .into(),
+                    ));
+                }
+                rule_sets.push((alias.clone(), model.rules));
+                continue;
             }
             if model.targets.is_empty() {
                 return Err(at("`targets` is empty".into()).with_hint(
@@ -383,6 +425,50 @@ impl GatewayConfig {
                 },
             );
         }
+        let mut routers = IndexMap::new();
+        for (alias, raw_rules) in rule_sets {
+            let at = |message: String| {
+                SourceError::in_file(path, format!("gateway.models.{alias}.{message}"))
+            };
+            let mut rules = Vec::with_capacity(raw_rules.len());
+            for (index, raw) in raw_rules.into_iter().enumerate() {
+                if !routes.contains_key(&raw.target) {
+                    let known: Vec<&str> = routes.keys().map(String::as_str).collect();
+                    let mut error = at(format!(
+                        "rules[{index}].use: `{}` is not an alias with targets",
+                        raw.target
+                    ));
+                    if let Some(best) = plumb_core::did_you_mean(&raw.target, known.iter().copied())
+                    {
+                        error = error.with_hint(format!("did you mean `{best}`?"));
+                    } else if !known.is_empty() {
+                        error = error.with_hint(format!("aliases: {}", known.join(", ")));
+                    }
+                    return Err(error);
+                }
+                let condition = raw.when.unwrap_or_default();
+                let matches = match condition.matches {
+                    Some(pattern) => Some(regex::Regex::new(&pattern).map_err(|error| {
+                        at(format!(
+                            "rules[{index}].when.matches: invalid regex: {error}"
+                        ))
+                    })?),
+                    None => None,
+                };
+                rules.push(Rule {
+                    name: raw.name,
+                    when: Condition {
+                        min_tokens: condition.min_tokens,
+                        max_tokens: condition.max_tokens,
+                        matches,
+                        tools: condition.tools,
+                        min_messages: condition.min_messages,
+                    },
+                    target: raw.target,
+                });
+            }
+            routers.insert(alias.clone(), RuleRouter { alias, rules });
+        }
         let traces = match gateway.traces {
             Some(raw) => trace_options(raw, path)?,
             None => TraceOptions::default(),
@@ -390,6 +476,7 @@ impl GatewayConfig {
         Ok(GatewayConfig {
             routes,
             embeddings,
+            routers,
             traces,
         })
     }

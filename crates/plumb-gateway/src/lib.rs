@@ -11,6 +11,7 @@ pub mod config;
 pub mod metrics;
 pub mod prompts;
 mod route;
+pub mod rules;
 mod stream;
 pub mod trace;
 pub mod wire;
@@ -148,6 +149,7 @@ async fn models(State(gateway): State<Arc<Gateway>>) -> Json<Value> {
         .config
         .routes
         .keys()
+        .chain(gateway.config.routers.keys())
         .chain(gateway.config.embeddings.keys())
         .map(|alias| json!({"id": alias, "object": "model", "created": created, "owned_by": "plumb"}))
         .collect();
@@ -188,6 +190,8 @@ struct Call {
     prompt: Option<String>,
     prompt_version: Option<i64>,
     prompt_hash: Option<String>,
+    /// The routing rule that chose the alias, if one did.
+    rule: Option<String>,
     target: Option<String>,
     attempts: Vec<Value>,
     status: u16,
@@ -237,6 +241,7 @@ impl Call {
             prompt: None,
             prompt_version: None,
             prompt_hash: None,
+            rule: None,
             target: None,
             attempts: Vec::new(),
             status: 200,
@@ -315,6 +320,7 @@ impl Call {
             put("finish_reason", json!(self.finish_reason));
             put("response_model", json!(self.response_model));
             put("prompt_hash", json!(self.prompt_hash));
+            put("rule", json!(self.rule));
             if !self.headers.is_empty() {
                 put(
                     "headers",
@@ -514,6 +520,18 @@ async fn complete(
             Some("messages"),
         ));
     }
+    if let Some(router) = gateway.config.routers.get(&alias) {
+        let Some(rule) = router.pick(&parsed.request) else {
+            return Err(OpenAiError::invalid(
+                format!(
+                    "no rule of `{alias}` matches this request; end its rules with one that has no `when`"
+                ),
+                Some("model"),
+            ));
+        };
+        call.rule = Some(rule.name.clone());
+        alias.clone_from(&rule.target);
+    }
     let route = gateway.config.routes.get(&alias).ok_or_else(|| {
         if call.prompt.is_some() {
             let mut error = OpenAiError::new(
@@ -619,6 +637,11 @@ fn add_route_headers(response: &mut Response, target: &Target, call: &Call) {
         .filter(|a| a["outcome"] != "skipped")
         .count();
     headers.insert("x-plumb-attempts", HeaderValue::from(tried));
+    if let Some(rule) = &call.rule
+        && let Ok(value) = HeaderValue::from_str(rule)
+    {
+        headers.insert("x-plumb-rule", value);
+    }
     if let (Some(name), Some(version), Some(hash)) =
         (&call.prompt, call.prompt_version, &call.prompt_hash)
     {

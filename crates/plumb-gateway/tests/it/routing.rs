@@ -195,3 +195,47 @@ async fn weights_share_first_tries() {
     // 3:1 of 400 is 300:100; ±60 is over 6 standard deviations.
     assert!((240..=360).contains(&a), "{counts:?}");
 }
+
+#[tokio::test]
+async fn rules_send_hard_requests_to_the_strong_model_and_say_which_fired() {
+    let mock = MockServer::start().await;
+    let config = format!(
+        "gateway:\n  models:\n    strong:\n      targets: [{{provider: 'openai-compatible:{}#big', config: {{api_key: t}}}}]\n    cheap:\n      targets: [{{provider: echo}}]\n    auto:\n      rules:\n        - {{name: long, when: {{min_tokens: 200}}, use: strong}}\n        - {{name: code, when: {{matches: '```|Traceback'}}, use: strong}}\n        - {{name: simple, use: cheap}}\n",
+        mock.openai_base()
+    );
+    let gateway = gateway(&config);
+    let mut request = ask("what time is it");
+    request["model"] = json!("auto");
+    let (status, headers, _) = post(gateway.clone(), request.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-plumb-rule"], "simple");
+    assert_eq!(headers["x-plumb-target"], "echo");
+
+    request["messages"][0]["content"] =
+        json!("why does this fail?\nTraceback (most recent call last):");
+    let (_, headers, _) = post(gateway.clone(), request.clone()).await;
+    assert_eq!(headers["x-plumb-rule"], "code");
+    assert!(
+        headers["x-plumb-target"]
+            .to_str()
+            .unwrap()
+            .ends_with("#big")
+    );
+
+    request["messages"][0]["content"] = json!("please summarise this. ".repeat(100));
+    let (_, headers, _) = post(gateway, request).await;
+    assert_eq!(headers["x-plumb-rule"], "long");
+
+    let bad = plumb_gateway::GatewayConfig::parse(
+        "gateway:\n  models:\n    cheap:\n      targets: [{provider: echo}]\n    auto:\n      rules: [{name: x, use: chep}]\n",
+        std::path::Path::new("plumb.yaml"),
+        &plumb_provider::ProviderContext::new(std::path::Path::new(".")),
+    )
+    .unwrap_err();
+    assert!(
+        bad.to_string()
+            .contains("gateway.models.auto.rules[0].use: `chep`"),
+        "{bad}"
+    );
+    assert_eq!(bad.hint.as_deref(), Some("did you mean `cheap`?"));
+}
