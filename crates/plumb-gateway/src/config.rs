@@ -22,6 +22,7 @@ use indexmap::IndexMap;
 use plumb_core::{ChatModel, Embedder, SourceError};
 
 use crate::breaker::{Breaker, BreakerPolicy};
+use crate::cache::{CachePolicy, SemanticPolicy};
 use crate::rules::{Condition, Rule, RuleRouter};
 use crate::trace::{Capture, OtlpOptions, SECRET_HEADERS, TraceOptions};
 use plumb_provider::{ProviderContext, ProviderOptions};
@@ -53,6 +54,8 @@ struct RawGateway {
     embeddings: IndexMap<String, RawTarget>,
     #[serde(default)]
     traces: Option<RawTraces>,
+    #[serde(default)]
+    cache: Option<RawCacheLimits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +96,35 @@ struct RawModel {
     breaker: Option<RawBreaker>,
     #[serde(default)]
     retry: Option<RawRetry>,
+    #[serde(default)]
+    cache: Option<RawCache>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default)]
+    ttl_s: Option<u64>,
+    #[serde(default)]
+    semantic: Option<RawSemantic>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSemantic {
+    #[serde(default)]
+    threshold: Option<f32>,
+    #[serde(default)]
+    embedder: Option<String>,
+    #[serde(default)]
+    config: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCacheLimits {
+    #[serde(default)]
+    max_entries: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +214,8 @@ pub struct Route {
     /// Whether any target has a `weight`: then each request draws its order by weight.
     pub weighted: bool,
     pub retry: RetryPolicy,
+    /// None: answers are not cached.
+    pub cache: Option<CachePolicy>,
 }
 
 /// Retries of the same target before falling back to the next.
@@ -278,6 +312,8 @@ pub struct GatewayConfig {
     /// Aliases that pick another alias by rules (complexity routing).
     pub routers: IndexMap<String, RuleRouter>,
     pub traces: TraceOptions,
+    /// Most cached answers kept (exact and semantic each).
+    pub cache_entries: usize,
 }
 
 impl GatewayConfig {
@@ -334,7 +370,11 @@ impl GatewayConfig {
                 return Err(at("an alias cannot be empty or start with `prompt:`".into()));
             }
             if !model.rules.is_empty() {
-                if !model.targets.is_empty() || model.retry.is_some() || model.breaker.is_some() {
+                if !model.targets.is_empty()
+                    || model.retry.is_some()
+                    || model.breaker.is_some()
+                    || model.cache.is_some()
+                {
                     return Err(at(
                         "give either `rules` (route to other aliases) or `targets`, not both"
                             .into(),
@@ -379,6 +419,44 @@ impl GatewayConfig {
                 }
                 None => RetryPolicy::default(),
             };
+            let cache = match model.cache {
+                None => None,
+                Some(raw) => {
+                    let semantic = match raw.semantic {
+                        None => None,
+                        Some(semantic) => {
+                            let threshold = semantic.threshold.unwrap_or(0.95);
+                            if !(threshold > 0.0 && threshold <= 1.0) {
+                                return Err(at(format!(
+                                    "cache.semantic.threshold is {threshold}; it is a cosine similarity in (0, 1]"
+                                )));
+                            }
+                            let id = semantic
+                                .embedder
+                                .unwrap_or_else(|| plumb_provider::DEFAULT_EMBEDDER.to_owned());
+                            let options: ProviderOptions = serde_json::from_value(Value::Object(
+                                semantic.config,
+                            ))
+                            .map_err(|error| at(format!("cache.semantic.config: {error}")))?;
+                            let embedder = plumb_provider::build_embedder(&id, &options, ctx)
+                                .map_err(|error| {
+                                    let mut located =
+                                        at(format!("cache.semantic: {}", error.message));
+                                    located.hint = error.hint.clone();
+                                    located
+                                })?;
+                            Some(SemanticPolicy {
+                                threshold,
+                                embedder,
+                            })
+                        }
+                    };
+                    Some(CachePolicy {
+                        ttl: Duration::from_secs(raw.ttl_s.unwrap_or(3600).max(1)),
+                        semantic,
+                    })
+                }
+            };
             let weighted = model.targets.iter().any(|t| t.weight.is_some());
             if weighted && model.targets.iter().all(|t| t.weight == Some(0)) {
                 return Err(at(
@@ -422,6 +500,7 @@ impl GatewayConfig {
                     targets,
                     weighted,
                     retry,
+                    cache,
                 },
             );
         }
@@ -473,11 +552,17 @@ impl GatewayConfig {
             Some(raw) => trace_options(raw, path)?,
             None => TraceOptions::default(),
         };
+        let cache_entries = gateway
+            .cache
+            .and_then(|c| c.max_entries)
+            .unwrap_or(10_000)
+            .max(1);
         Ok(GatewayConfig {
             routes,
             embeddings,
             routers,
             traces,
+            cache_entries,
         })
     }
 }

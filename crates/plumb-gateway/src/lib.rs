@@ -7,6 +7,7 @@
 //! (`plumb-server` mounts `router` behind its key check), providers are `plumb-provider`'s.
 
 pub mod breaker;
+pub mod cache;
 pub mod config;
 pub mod metrics;
 pub mod prompts;
@@ -48,6 +49,8 @@ pub struct Gateway {
     pub tracing: Option<Tracing>,
     /// Registered prompts for `prompt:NAME@LABEL` models; none: such models are unknown.
     pub prompts: Option<Arc<dyn prompts::PromptSource>>,
+    /// Cached answers of the routes that turn caching on.
+    pub cache: Arc<cache::ResponseCache>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -78,6 +81,7 @@ impl std::fmt::Debug for Tracing {
 impl Gateway {
     pub fn new(config: GatewayConfig) -> Gateway {
         Gateway {
+            cache: Arc::new(cache::ResponseCache::new(config.cache_entries)),
             config,
             metrics: Arc::new(Metrics::default()),
             tracing: None,
@@ -192,6 +196,10 @@ struct Call {
     prompt_hash: Option<String>,
     /// The routing rule that chose the alias, if one did.
     rule: Option<String>,
+    /// The client asked to skip the cache.
+    bypass_cache: bool,
+    /// How close a semantic cache hit was.
+    similarity: Option<f32>,
     target: Option<String>,
     attempts: Vec<Value>,
     status: u16,
@@ -242,6 +250,15 @@ impl Call {
             prompt_version: None,
             prompt_hash: None,
             rule: None,
+            bypass_cache: headers
+                .get("x-plumb-cache")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("bypass"))
+                || headers
+                    .get("cache-control")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache")),
+            similarity: None,
             target: None,
             attempts: Vec::new(),
             status: 200,
@@ -321,6 +338,7 @@ impl Call {
             put("response_model", json!(self.response_model));
             put("prompt_hash", json!(self.prompt_hash));
             put("rule", json!(self.rule));
+            put("cache_similarity", json!(self.similarity));
             if !self.headers.is_empty() {
                 put(
                     "headers",
@@ -494,7 +512,7 @@ enum Answer {
 }
 
 async fn complete(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     body: Result<Bytes, BytesRejection>,
     call: &mut Call,
 ) -> Result<Answer, OpenAiError> {
@@ -575,6 +593,54 @@ async fn complete(
         call.params = params_json(&parsed.request);
         call.input = serde_json::to_value(&parsed.request.messages).unwrap_or(Value::Null);
     }
+    let mut cache_write = None;
+    if let Some(policy) = &route.cache {
+        if call.bypass_cache {
+            call.cache = "bypass";
+        } else {
+            // Answers of a registered prompt are shared by every alias it runs on.
+            let scope = match &call.prompt_hash {
+                Some(hash) => format!("prompt:{hash}"),
+                None => alias.clone(),
+            };
+            let keys = cache::keys(&scope, &parsed.request);
+            if let Some(hit) = gateway.cache.get_exact(&keys) {
+                call.cache = "hit";
+                return Ok(cached_answer(gateway, call, &parsed, response_model, &hit));
+            }
+            let mut vector = None;
+            if let Some(semantic) = &policy.semantic {
+                match cache::ResponseCache::embed(semantic, &keys).await {
+                    Some(Ok(embedded)) => {
+                        if let Some((hit, similarity)) =
+                            gateway
+                                .cache
+                                .get_semantic(&keys, &embedded, semantic.threshold)
+                        {
+                            call.cache = "semantic";
+                            call.similarity = Some(similarity);
+                            return Ok(cached_answer(gateway, call, &parsed, response_model, &hit));
+                        }
+                        vector = Some(embedded);
+                    }
+                    // The cache is an optimization: a failing embedder only costs the hit.
+                    Some(Err(error)) => call.attempts.push(json!({
+                        "target": semantic.embedder.id(),
+                        "outcome": "cache_embedding_failed",
+                        "message": error.message,
+                    })),
+                    None => {}
+                }
+            }
+            call.cache = "miss";
+            cache_write = Some(cache::Write {
+                cache: gateway.cache.clone(),
+                keys,
+                vector,
+                ttl: policy.ttl,
+            });
+        }
+    }
     let (target, got) = route::call_route(route, &parsed.request, parsed.stream, call)
         .await
         .map_err(route::RouteFailure::into_error)?;
@@ -588,6 +654,9 @@ async fn complete(
             if gateway.tracing.is_some() {
                 call.output = json!({"content": answer.content, "tool_calls": answer.tool_calls});
             }
+            if let Some(write) = cache_write {
+                write.store(&answer);
+            }
             Json(wire::completion_json(
                 &call.request_id,
                 created,
@@ -598,7 +667,7 @@ async fn complete(
         }
         route::Got::Stream { first, rest } => {
             call.ttft_ms = Some(call.started.elapsed().as_secs_f64() * 1000.0);
-            let (tail, body) = stream::StreamTail::new(stream::StreamSetup {
+            let (tail, mut response) = stream_response(stream::StreamSetup {
                 id: call.request_id.clone(),
                 created,
                 model: response_model,
@@ -608,33 +677,88 @@ async fn complete(
                 deadline: target.timeout.map(|t| call.started + t),
                 pricing: target.model.pricing(),
                 capture: gateway.tracing.is_some(),
+                cached: false,
+                cache_write,
             });
-            let mut response = Response::new(body);
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-            response
-                .headers_mut()
-                .insert("cache-control", HeaderValue::from_static("no-cache"));
-            add_route_headers(&mut response, target, call);
+            add_route_headers(&mut response, &target.id, call);
             return Ok(Answer::Streaming(response, Box::new(tail)));
         }
     };
-    add_route_headers(&mut response, target, call);
+    add_route_headers(&mut response, &target.id, call);
     Ok(Answer::Ready(response))
 }
 
-/// `x-plumb-target` (who answered) and `x-plumb-attempts` (calls made, skipped circuits not
-/// counted).
-fn add_route_headers(response: &mut Response, target: &Target, call: &Call) {
+/// An SSE response fed by the tail.
+fn stream_response(setup: stream::StreamSetup) -> (stream::StreamTail, Response) {
+    let (tail, body) = stream::StreamTail::new(setup);
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    response
+        .headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-cache"));
+    (tail, response)
+}
+
+/// A cached answer, whole or replayed as a stream.
+fn cached_answer(
+    gateway: &Gateway,
+    call: &mut Call,
+    parsed: &wire::CompletionRequest,
+    response_model: String,
+    hit: &plumb_core::ChatResponse,
+) -> Answer {
+    call.target = Some("cache".into());
+    call.finish_reason = Some(hit.finish_reason.map(|f| f.as_str()).unwrap_or("stop"));
+    call.response_model = hit.model.clone();
+    if gateway.tracing.is_some() {
+        call.output = json!({"content": hit.content, "tool_calls": hit.tool_calls});
+    }
+    let created = now_secs();
+    if parsed.stream {
+        call.ttft_ms = Some(call.started.elapsed().as_secs_f64() * 1000.0);
+        let (tail, mut response) = stream_response(stream::StreamSetup {
+            id: call.request_id.clone(),
+            created,
+            model: response_model,
+            include_usage: parsed.include_usage,
+            first: plumb_core::ChatDelta::whole(hit.clone()),
+            rest: Box::pin(futures_util::stream::empty()),
+            deadline: None,
+            pricing: None,
+            capture: gateway.tracing.is_some(),
+            cached: true,
+            cache_write: None,
+        });
+        add_route_headers(&mut response, "cache", call);
+        return Answer::Streaming(response, Box::new(tail));
+    }
+    let mut response = Json(wire::completion_json(
+        &call.request_id,
+        created,
+        &response_model,
+        hit,
+    ))
+    .into_response();
+    add_route_headers(&mut response, "cache", call);
+    Answer::Ready(response)
+}
+
+/// `x-plumb-target` (who answered: a target id or `cache`), `x-plumb-attempts` (calls made,
+/// skipped circuits not counted), `x-plumb-cache`, `x-plumb-rule`, `x-plumb-prompt`.
+fn add_route_headers(response: &mut Response, target: &str, call: &Call) {
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&target.id) {
+    if let Ok(value) = HeaderValue::from_str(target) {
         headers.insert("x-plumb-target", value);
+    }
+    if call.cache != "off" {
+        headers.insert("x-plumb-cache", HeaderValue::from_static(call.cache));
     }
     let tried = call
         .attempts
         .iter()
-        .filter(|a| a["outcome"] != "skipped")
+        .filter(|a| a["outcome"] != "skipped" && a["outcome"] != "cache_embedding_failed")
         .count();
     headers.insert("x-plumb-attempts", HeaderValue::from(tried));
     if let Some(rule) = &call.rule

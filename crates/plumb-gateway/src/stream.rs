@@ -28,6 +28,10 @@ pub(crate) struct StreamSetup {
     pub pricing: Option<Pricing>,
     /// Keep the answer for the trace.
     pub capture: bool,
+    /// Replaying a cached answer: it cost no tokens.
+    pub cached: bool,
+    /// Where to cache the answer once it is complete.
+    pub cache_write: Option<crate::cache::Write>,
 }
 
 pub(crate) struct StreamTail {
@@ -101,6 +105,8 @@ impl StreamTail {
             deadline,
             pricing,
             capture,
+            cached,
+            cache_write,
         } = setup;
         let framer = Framer {
             sender,
@@ -144,6 +150,7 @@ impl StreamTail {
             }
         }
         let response = assembler.response();
+        let complete = open && failure.is_none();
         if !open {
             call.error = Some("client_disconnected".into());
             call.error_message = Some("the client closed the stream before the end".into());
@@ -164,8 +171,13 @@ impl StreamTail {
             }
             let _ = framer.send(wire::DONE_FRAME.to_owned()).await;
         }
-        call.usage = response.usage;
-        call.cost_usd = pricing.map(|p| p.cost(&response.usage));
+        if complete && let Some(write) = cache_write {
+            write.store(response);
+        }
+        if !cached {
+            call.usage = response.usage;
+            call.cost_usd = pricing.map(|p| p.cost(&response.usage));
+        }
         call.finish_reason = response.finish_reason.map(|f| f.as_str());
         call.response_model = response.model.clone();
         if capture {

@@ -8,6 +8,7 @@
 //! The gateway's router against a mock OpenAI upstream on loopback: fallback on retryable
 //! errors only, OpenAI-shaped upstream errors, and streamed answers as SSE chunks.
 
+mod cache;
 mod routing;
 mod traces;
 

@@ -57,6 +57,14 @@ p = client.chat.completions.create(model="prompt:route@latest", messages=[],
 print("prompt", p.model, "printer on fire" in p.choices[0].message.content)
 vectors = client.embeddings.create(model="minilm", input=["a cat", "a dog"])
 print("embeddings", len(vectors.data), len(vectors.data[0].embedding))
+def cached(text):
+    return client.chat.completions.with_raw_response.create(
+        model="cached-model", messages=[{"role": "user", "content": text}])
+first = cached("What is the capital of France?")
+close = cached("Which city is the capital of France?")
+far = cached("How do I bake sourdough bread at home?")
+print("semantic", first.headers["x-plumb-cache"], close.headers["x-plumb-cache"],
+      far.headers["x-plumb-cache"], close.parse().choices[0].message.content)
 try:
     openai.OpenAI(base_url=base, api_key="plumb_bad", max_retries=0).models.list()
 except openai.AuthenticationError as e:
@@ -69,7 +77,7 @@ fn the_official_openai_client_works_against_plumb_serve() {
     let project = Project::new();
     project.write(
         "plumb.yaml",
-        "gateway:\n  models:\n    echo-model:\n      targets: [{provider: echo}]\n  embeddings:\n    minilm: {provider: local:all-minilm-l6-v2}\n",
+        "gateway:\n  models:\n    echo-model:\n      targets: [{provider: echo}]\n    cached-model:\n      targets: [{provider: echo}]\n      cache: {ttl_s: 600, semantic: {threshold: 0.8}}\n  embeddings:\n    minilm: {provider: local:all-minilm-l6-v2}\n",
     );
     project.write(
         "prompts/route.yaml",
@@ -133,7 +141,7 @@ fn the_official_openai_client_works_against_plumb_serve() {
     );
     assert!(printed.contains("stream stream ping True"), "{printed}");
     assert!(
-        printed.contains("models ['echo-model', 'minilm']"),
+        printed.contains("models ['echo-model', 'cached-model', 'minilm']"),
         "{printed}"
     );
     assert!(printed.contains("embeddings 2 384"), "{printed}");
@@ -144,6 +152,11 @@ fn the_official_openai_client_works_against_plumb_serve() {
     );
     assert!(printed.contains("feedback 201"), "{printed}");
     assert!(printed.contains("prompt prompt:route@1 True"), "{printed}");
+    // Semantic cache on the embedded embedder: a paraphrase is answered with the first answer.
+    assert!(
+        printed.contains("semantic miss semantic miss What is the capital of France?"),
+        "{printed}"
+    );
 
     // The request log, read back by the CLI: one trace per model call (the completion, the
     // stream, the unknown model, the embeddings), the caller's trace continued.
@@ -157,13 +170,13 @@ fn the_official_openai_client_works_against_plumb_serve() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(traces.len(), 5, "{traces:?}");
+    assert_eq!(traces.len(), 8, "{traces:?}");
     let models: Vec<&str> = traces
         .iter()
         .map(|t| t["model"].as_str().unwrap())
         .collect();
     assert_eq!(
-        models,
+        models[..5],
         [
             "echo-model",
             "echo-model",
@@ -172,6 +185,12 @@ fn the_official_openai_client_works_against_plumb_serve() {
             "minilm"
         ]
     );
+    let caching: Vec<&str> = traces[5..]
+        .iter()
+        .map(|t| t["cache"].as_str().unwrap())
+        .collect();
+    assert_eq!(caching, ["miss", "semantic", "miss"]);
+    assert!(traces[6]["detail"]["cache_similarity"].as_f64().unwrap() >= 0.8);
     assert_eq!(traces[3]["prompt"], "route");
     assert_eq!(traces[3]["prompt_version"], 1);
     assert_eq!(traces[1]["stream"], true);
