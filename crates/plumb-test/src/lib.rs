@@ -7,6 +7,7 @@
 
 #![allow(
     clippy::expect_used,
+    clippy::panic,
     reason = "a test helper: failing setup should fail the test at once"
 )]
 
@@ -398,4 +399,61 @@ async fn embeddings(
     axum::Json(json!({"object": "list", "data": data, "model": body.get("model").cloned().unwrap_or(Value::Null),
         "usage": {"prompt_tokens": 3, "total_tokens": 3}}))
     .into_response()
+}
+
+/// A real `redis-server` on a free loopback port, without persistence, stopped on drop.
+/// Installed by `scripts/test.sh` (Debian's `redis-server`).
+pub struct RedisServer {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is needed: run scripts/test.sh (it installs it with apt)");
+        let server = RedisServer { port, child };
+        for _ in 0..100 {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let mut reply = [0u8; 7];
+                if stream.write_all(b"PING\r\n").is_ok()
+                    && stream.read_exact(&mut reply).is_ok()
+                    && &reply == b"+PONG\r\n"
+                {
+                    return server;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not answer PING on port {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

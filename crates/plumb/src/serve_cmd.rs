@@ -88,7 +88,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<Outcome> {
     // The trace writer gets a connection of its own, so API reads never wait behind a batch.
     let trace_store = project::open_db(args.store.db.as_deref(), &cwd)?;
     let prompts = plumb_server::RegistryPrompts::new(registry.clone(), Duration::from_secs(1));
-    let (gateway, _writer) = Gateway::new(gateway)
+    let shared_limits = gateway.limits.redis.clone();
+    let gateway = Gateway::new(gateway)
+        .connect_limits()
+        .await
+        .map_err(|message| {
+            user_error(
+                format!("gateway.limits.redis: {message}"),
+                Some(
+                    "start the Redis server, or remove `redis:` to count limits in this process"
+                        .into(),
+                ),
+            )
+        })?;
+    if let Some(url) = shared_limits {
+        eprintln!("plumb: gateway limits are shared through {url}");
+    }
+    let (gateway, _writer) = gateway
         .with_prompts(Arc::new(prompts))
         .with_traces(trace_store);
     let gateway = Arc::new(gateway);

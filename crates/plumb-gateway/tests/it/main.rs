@@ -9,6 +9,7 @@
 //! errors only, OpenAI-shaped upstream errors, and streamed answers as SSE chunks.
 
 mod cache;
+mod limits;
 mod routing;
 mod traces;
 
