@@ -139,6 +139,23 @@ impl Reply {
     }
 }
 
+impl Reply {
+    /// This reply as a response, without delay (for the chaos mode).
+    fn into_response_now(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(self.body)).into_response();
+        for (name, value) in self.headers {
+            if let (Ok(name), Ok(value)) = (
+                axum::http::HeaderName::from_bytes(name.as_bytes()),
+                axum::http::HeaderValue::from_str(&value),
+            ) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        response
+    }
+}
+
 /// A request the mock received.
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -151,6 +168,11 @@ pub struct Received {
 struct Shared {
     script: VecDeque<Reply>,
     received: Vec<Received>,
+    /// Fails this share of unscripted chat requests (see `MockServer::chaos`).
+    chaos: f64,
+    rng: Option<u64>,
+    /// How many chaotic failures were served.
+    failed: usize,
 }
 
 #[derive(Clone)]
@@ -215,6 +237,20 @@ impl MockServer {
 
     pub fn push(&self, reply: Reply) {
         self.state.0.lock().expect("lock").script.push_back(reply);
+    }
+
+    /// From now on, fails `share` of the unscripted chat requests, each way in turn: HTTP 500,
+    /// 429 with Retry-After, an answer slower than any sane timeout (5 s), and (for streams) a
+    /// stream broken before its first token.
+    pub fn chaos(&self, share: f64) {
+        let mut shared = self.state.0.lock().expect("lock");
+        shared.chaos = share;
+        shared.rng.get_or_insert(0x5eed);
+    }
+
+    /// How many requests chaos has failed so far.
+    pub fn chaos_failures(&self) -> usize {
+        self.state.0.lock().expect("lock").failed
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -292,8 +328,53 @@ async fn openai(
     if let Some(response) = scripted(&state, "/v1/chat/completions", headers, &body).await {
         return response;
     }
+    let streaming = body.get("stream").and_then(Value::as_bool) == Some(true);
+    let failure = {
+        let mut shared = state.0.lock().expect("lock");
+        let chaos = shared.chaos;
+        match shared.rng.as_mut() {
+            Some(seed) if chaos > 0.0 => {
+                // xorshift: deterministic for a given sequence of requests.
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                let draw = (*seed % 1_000_000) as f64 / 1_000_000.0;
+                if draw < chaos {
+                    shared.failed += 1;
+                    Some(shared.failed % 4)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    };
+    match failure {
+        Some(0) => {
+            return Reply::openai_error(500, "chaos: internal error").into_response_now();
+        }
+        Some(1) => {
+            return Reply::openai_error(429, "chaos: slow down")
+                .header("retry-after", "1")
+                .into_response_now();
+        }
+        Some(2) => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Some(_) if streaming => {
+            return sse_response(StreamScript {
+                events: Vec::new(),
+                gap: Duration::ZERO,
+                broken: true,
+            });
+        }
+        Some(_) => {
+            return Reply::openai_error(503, "chaos: unavailable").into_response_now();
+        }
+        None => {}
+    }
     let content = format!("echo: {}", last_user(body.get("messages")));
-    if body.get("stream").and_then(Value::as_bool) == Some(true) {
+    if streaming {
         let words: Vec<String> = content.split_inclusive(' ').map(str::to_owned).collect();
         let pieces: Vec<&str> = words.iter().map(String::as_str).collect();
         return sse_response(StreamScript {

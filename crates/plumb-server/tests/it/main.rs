@@ -9,6 +9,7 @@
 
 mod api;
 mod gateway;
+mod reliability;
 mod socket;
 
 use std::path::Path;

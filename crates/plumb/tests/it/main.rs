@@ -8,6 +8,7 @@
     reason = "tests fail loudly"
 )]
 
+mod durability;
 mod gateway;
 mod prompts_as_code;
 
