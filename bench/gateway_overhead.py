@@ -102,11 +102,13 @@ def run_bench(bench_py, gw_release, args, targets, scenarios, out, mock_pid, ski
     subprocess.run(cmd, check=True)
 
 
-def max_rate(bench_py, gw_release, args, target, out, mock_pid, baseline):
+def max_rate(bench_py, gw_release, args, target, out, mock_pid):
+    # This machine's open-loop generator shows ~1-2 ms dispatch lag at low rates; the default
+    # 1 ms limit would mark most probes invalid, and the lag does not decide pass/fail.
     cmd = [sys.executable, bench_py, "maxrate", "--mock-pid", str(mock_pid), "--load-cpus", "0",
            "--reps", "1", "--duration", str(args.duration), "--warmup", "2", "--cooldown", "1",
            "--gw-load", os.path.join(gw_release, "gw-load"), "--rates", args.litellm_rates,
-           "--out", out, "--target", baseline, "--target", target]
+           "--lag-limit-us", "5000", "--out", out, "--target", target]
     subprocess.run(cmd, check=True)
     best = 0
     with open(out) as f:
@@ -219,8 +221,7 @@ def main():
                 litellm_target = (f"litellm=http://127.0.0.1:{LITELLM_PORT}/v1,mock-gpt,"
                                   f"key={LITELLM_KEY},pid={proxy.pid}")
                 litellm_rate = max_rate(bench_py, gw_release, args, litellm_target,
-                                        os.path.join(results, f"maxrate-{delay}.jsonl"), mock.pid,
-                                        targets[0])
+                                        os.path.join(results, f"maxrate-{delay}.jsonl"), mock.pid)
                 log(f"LiteLLM sustains {litellm_rate} QPS with {delay} ms upstream latency")
                 targets.append(litellm_target)
             scenarios = ["closed:1", "open:500", "open:2000"]

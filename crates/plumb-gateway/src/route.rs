@@ -157,7 +157,8 @@ fn timed_out(target: &str, what: &str, limit: Duration) -> ModelError {
 /// An upstream failure in OpenAI's shape. Messages come from `ModelError`, which never holds
 /// credentials.
 pub(crate) fn upstream_error(target: &str, error: &ModelError) -> OpenAiError {
-    let message = format!("{target}: {}", error.message);
+    // Upstreams sometimes quote the credential they refused; it must not reach the client.
+    let message = crate::trace::redact_secrets(&format!("{target}: {}", error.message));
     match error.kind {
         ModelErrorKind::BadRequest => {
             let mut e = OpenAiError::invalid(message, None);

@@ -86,6 +86,20 @@ impl Default for TraceOptions {
     }
 }
 
+/// `text` with the built-in secret patterns redacted (for messages that leave the gateway
+/// outside traces, such as an upstream's error message).
+pub fn redact_secrets(text: &str) -> String {
+    static PATTERNS: std::sync::OnceLock<Vec<Regex>> = std::sync::OnceLock::new();
+    let patterns = PATTERNS.get_or_init(default_redactions);
+    let mut out = std::borrow::Cow::Borrowed(text);
+    for pattern in patterns {
+        if pattern.is_match(&out) {
+            out = std::borrow::Cow::Owned(pattern.replace_all(&out, "[REDACTED]").into_owned());
+        }
+    }
+    out.into_owned()
+}
+
 pub fn default_redactions() -> Vec<Regex> {
     DEFAULT_REDACTIONS
         .iter()

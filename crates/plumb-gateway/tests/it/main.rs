@@ -320,3 +320,20 @@ async fn every_circuit_open_is_a_503_with_retry_after() {
     assert!((50..=60).contains(&retry), "{retry}");
     assert!(body.contains("circuit_open"), "{body}");
 }
+
+#[tokio::test]
+async fn a_key_quoted_by_the_upstream_never_reaches_the_client() {
+    let mock = MockServer::start().await;
+    mock.push(Reply::openai_error(
+        401,
+        "Incorrect API key provided: sk-proj-abcdefghijklmnopqrstuvwx",
+    ));
+    let config = format!(
+        "gateway:\n  models:\n    fast:\n      targets: [{{provider: 'openai-compatible:{}#m', config: {{api_key: t}}}}]\n",
+        mock.openai_base()
+    );
+    let (status, _, body) = post(gateway(&config), ask("x")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(!body.contains("abcdefghijklmnop"), "{body}");
+    assert!(body.contains("[REDACTED]"), "{body}");
+}

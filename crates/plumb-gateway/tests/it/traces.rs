@@ -526,3 +526,54 @@ async fn a_streamed_answer_is_traced_when_it_ends() {
     assert_eq!(broken.error.as_deref(), Some("stream_broken"));
     assert_eq!(broken.detail["output"]["content"], "cut ");
 }
+
+#[tokio::test]
+async fn committed_traces_are_exported_to_an_otlp_collector() {
+    use axum::routing::post;
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = received.clone();
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        post(move |axum::Json(body): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                axum::Json(json!({}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let mock = MockServer::start().await;
+    let config = format!(
+        "{}  traces:\n    otlp: {{endpoint: 'http://{address}'}}\n",
+        priced_targets(&mock)
+    );
+    let traced = traced(&config);
+    let (_, headers, _) = send(
+        &traced.gateway,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(ask("export me")),
+    )
+    .await;
+    let trace_id = headers["x-plumb-trace-id"].to_str().unwrap().to_owned();
+    flushed(&traced).await;
+    let began = Instant::now();
+    while received.lock().unwrap().is_empty() && began.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bodies = received.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    let span = &bodies[0]["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+    assert_eq!(span["traceId"], trace_id.as_str());
+    assert_eq!(span["name"], "chat fast");
+    assert!(
+        span["attributes"]
+            .to_string()
+            .contains("gen_ai.usage.input_tokens")
+    );
+}

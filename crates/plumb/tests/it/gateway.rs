@@ -63,6 +63,13 @@ def cached(text):
 first = cached("What is the capital of France?")
 close = cached("Which city is the capital of France?")
 far = cached("How do I bake sourdough bread at home?")
+local = client.chat.completions.create(model="local-model", max_tokens=8, temperature=0,
+    messages=[{"role": "user", "content": "Say hello."}])
+local_chunks = list(client.chat.completions.create(model="local-model", max_tokens=8,
+    temperature=0, stream=True, messages=[{"role": "user", "content": "Say hello."}]))
+print("local", local.choices[0].message.content != "", local.usage.completion_tokens > 0,
+      "".join(c.choices[0].delta.content or "" for c in local_chunks if c.choices)
+      == local.choices[0].message.content)
 print("semantic", first.headers["x-plumb-cache"], close.headers["x-plumb-cache"],
       far.headers["x-plumb-cache"], close.parse().choices[0].message.content)
 try:
@@ -77,7 +84,7 @@ fn the_official_openai_client_works_against_plumb_serve() {
     let project = Project::new();
     project.write(
         "plumb.yaml",
-        "gateway:\n  models:\n    echo-model:\n      targets: [{provider: echo}]\n    cached-model:\n      targets: [{provider: echo}]\n      cache: {ttl_s: 600, semantic: {threshold: 0.8}}\n  embeddings:\n    minilm: {provider: local:all-minilm-l6-v2}\n",
+        "gateway:\n  models:\n    echo-model:\n      targets: [{provider: echo}]\n    cached-model:\n      targets: [{provider: echo}]\n      cache: {ttl_s: 600, semantic: {threshold: 0.8}}\n    local-model:\n      targets: [{provider: 'local:smollm2-135m'}]\n  embeddings:\n    minilm: {provider: local:all-minilm-l6-v2}\n",
     );
     project.write(
         "prompts/route.yaml",
@@ -141,7 +148,7 @@ fn the_official_openai_client_works_against_plumb_serve() {
     );
     assert!(printed.contains("stream stream ping True"), "{printed}");
     assert!(
-        printed.contains("models ['echo-model', 'cached-model', 'minilm']"),
+        printed.contains("models ['echo-model', 'cached-model', 'local-model', 'minilm']"),
         "{printed}"
     );
     assert!(printed.contains("embeddings 2 384"), "{printed}");
@@ -170,7 +177,7 @@ fn the_official_openai_client_works_against_plumb_serve() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(traces.len(), 8, "{traces:?}");
+    assert_eq!(traces.len(), 10, "{traces:?}");
     let models: Vec<&str> = traces
         .iter()
         .map(|t| t["model"].as_str().unwrap())
@@ -185,7 +192,11 @@ fn the_official_openai_client_works_against_plumb_serve() {
             "minilm"
         ]
     );
-    let caching: Vec<&str> = traces[5..]
+    // The embedded model answers through the gateway like any other target, streamed too.
+    assert!(printed.contains("local True True True"), "{printed}");
+    assert_eq!(traces[8]["target"], "local:smollm2-135m");
+    assert_eq!(traces[9]["stream"], true);
+    let caching: Vec<&str> = traces[5..8]
         .iter()
         .map(|t| t["cache"].as_str().unwrap())
         .collect();
