@@ -89,6 +89,8 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawTraces {
     #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
     capture: Option<String>,
     #[serde(default)]
     redact: Vec<String>,
@@ -652,6 +654,7 @@ fn trace_options(raw: RawTraces, path: &Path) -> Result<TraceOptions, SourceErro
         }
     };
     let mut options = TraceOptions {
+        enabled: raw.enabled.unwrap_or(true),
         capture,
         ..TraceOptions::default()
     };

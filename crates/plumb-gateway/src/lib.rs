@@ -142,6 +142,9 @@ impl Gateway {
         mut self,
         store: Arc<dyn TraceStore>,
     ) -> (Gateway, tokio::task::JoinHandle<()>) {
+        if !self.config.traces.enabled {
+            return (self, tokio::spawn(async {}));
+        }
         let (tracer, writer) = Tracer::spawn(
             store.clone(),
             self.config.traces.clone(),

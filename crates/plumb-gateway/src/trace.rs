@@ -34,6 +34,8 @@ pub enum Capture {
 
 #[derive(Clone, Debug)]
 pub struct TraceOptions {
+    /// `false`: no traces are kept (metrics still count every request).
+    pub enabled: bool,
     pub queue: usize,
     pub batch: usize,
     pub flush: Duration,
@@ -75,6 +77,7 @@ pub const SECRET_HEADERS: &[&str] = &[
 impl Default for TraceOptions {
     fn default() -> TraceOptions {
         TraceOptions {
+            enabled: true,
             queue: 10_000,
             batch: 256,
             flush: Duration::from_millis(50),

@@ -577,3 +577,39 @@ async fn committed_traces_are_exported_to_an_otlp_collector() {
             .contains("gen_ai.usage.input_tokens")
     );
 }
+
+#[tokio::test]
+async fn tracing_can_be_turned_off() {
+    let mock = MockServer::start().await;
+    let config = format!("{}  traces: {{enabled: false}}\n", priced_targets(&mock));
+    let traced = traced(&config);
+    assert!(traced.gateway.tracing.is_none());
+    let (status, headers, _) = send(
+        &traced.gateway,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(ask("untraced")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // The trace context is still continued and returned; nothing is stored.
+    assert!(headers.contains_key("traceparent"));
+    assert!(
+        traced
+            .store
+            .list_traces(&TraceFilter::default())
+            .unwrap()
+            .is_empty()
+    );
+    let (status, _, body) = send(
+        &traced.gateway,
+        "POST",
+        "/v1/feedback",
+        &[],
+        Some(json!({"trace_id": "x", "score": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("tracing_off"), "{body}");
+}
