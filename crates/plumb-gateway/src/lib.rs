@@ -54,8 +54,7 @@ pub struct Gateway {
     pub cache: Arc<cache::ResponseCache>,
     /// Where rate limits and budgets are counted; none when none are configured.
     pub limiter: Option<Arc<dyn limits::LimitStore>>,
-    /// When a limit-store failure was last logged (ms since the epoch).
-    limit_error_logged: std::sync::atomic::AtomicI64,
+    limit_error_log: trace::LogThrottle,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -94,7 +93,7 @@ impl Gateway {
         };
         Gateway {
             limiter,
-            limit_error_logged: std::sync::atomic::AtomicI64::new(0),
+            limit_error_log: trace::LogThrottle::default(),
             cache: Arc::new(cache::ResponseCache::new(config.cache_entries)),
             config,
             metrics: Arc::new(Metrics::default()),
@@ -117,15 +116,7 @@ impl Gateway {
 
     /// Counts a limit-store failure; logs at most one line every ten seconds.
     fn limit_store_failed(&self, error: &str) {
-        use std::sync::atomic::Ordering;
-        let now = trace::now();
-        let last = self.limit_error_logged.load(Ordering::Relaxed);
-        if now - last >= 10_000
-            && self
-                .limit_error_logged
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.limit_error_log.allow(10_000) {
             eprintln!("plumb serve: the limits store failed ({error}); letting requests through");
         }
     }

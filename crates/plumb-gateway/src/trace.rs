@@ -12,7 +12,7 @@
 //! normally the last `flush_ms`. A graceful shutdown (`SIGINT`/`SIGTERM`) drains the queue.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use plumb_core::now_ms;
@@ -141,13 +141,30 @@ enum Message {
     Flush(oneshot::Sender<()>),
 }
 
+/// Lets a repeated log line through at most once per period.
+#[derive(Debug, Default)]
+pub(crate) struct LogThrottle {
+    /// Unix ms of the last line let through (0: none yet).
+    last: AtomicI64,
+}
+
+impl LogThrottle {
+    pub(crate) fn allow(&self, period_ms: i64) -> bool {
+        let now = now_ms();
+        let last = self.last.load(Ordering::Relaxed);
+        (last == 0 || now - last >= period_ms)
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 pub struct Tracer {
     sender: mpsc::Sender<Message>,
     pub options: TraceOptions,
     metrics: Arc<Metrics>,
-    /// When the last "queue full" line was logged (ms since start).
-    last_full_log: AtomicU64,
-    started: Instant,
+    queue_full_log: LogThrottle,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -180,8 +197,7 @@ impl Tracer {
             sender,
             options,
             metrics,
-            last_full_log: AtomicU64::new(0),
-            started: Instant::now(),
+            queue_full_log: LogThrottle::default(),
         });
         (tracer, writer)
     }
@@ -192,14 +208,7 @@ impl Tracer {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.traces_dropped.inc();
-                let now = self.started.elapsed().as_millis() as u64;
-                let last = self.last_full_log.load(Ordering::Relaxed);
-                if (last == 0 || now.saturating_sub(last) >= 10_000)
-                    && self
-                        .last_full_log
-                        .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
+                if self.queue_full_log.allow(10_000) {
                     eprintln!(
                         "plumb serve: the trace queue is full ({} traces); dropping traces \
                          (total dropped: {}). Raise gateway.traces.queue or check the store.",

@@ -91,18 +91,26 @@ impl OpenAiModel {
         http::missing_key(&self.id, &self.api_key_env)
     }
 
-    async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
-        let body = request_body(&self.model, request, self.flavor);
-        let headers = self.headers()?;
-        let value = http::post_json(JsonRequest {
+    /// The POST of `body` to this model's endpoint.
+    fn json_request<'a>(
+        &'a self,
+        headers: &'a [(String, String)],
+        body: &'a Value,
+    ) -> JsonRequest<'a> {
+        JsonRequest {
             url: &self.url,
-            headers: &headers,
-            body: &body,
+            headers,
+            body,
             timeout: self.timeout,
             max_retries: self.max_retries,
             error_message,
-        })
-        .await?;
+        }
+    }
+
+    async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
+        let body = request_body(&self.model, request, self.flavor);
+        let headers = self.headers()?;
+        let value = http::post_json(self.json_request(&headers, &body)).await?;
         let mut response = parse_response(&value).map_err(|message| {
             ModelError::new(ModelErrorKind::Protocol, format!("{}: {message}", self.url))
         })?;
@@ -123,15 +131,7 @@ impl OpenAiModel {
             object.insert("stream_options".into(), json!({"include_usage": true}));
         }
         let headers = self.headers()?;
-        let response = http::post(&JsonRequest {
-            url: &self.url,
-            headers: &headers,
-            body: &body,
-            timeout: self.timeout,
-            max_retries: self.max_retries,
-            error_message,
-        })
-        .await?;
+        let response = http::post(&self.json_request(&headers, &body)).await?;
         let prompt_estimate =
             tokens::estimate_usage(&self.model, &request.messages, "").prompt_tokens;
         Ok(stream_deltas(
