@@ -198,6 +198,10 @@ pub struct ChatRequest {
     /// them. Empty everywhere else, and then absent from cache keys.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, Value>,
+    /// The W3C `traceparent` of the call (the gateway's span), sent to HTTP providers so their
+    /// spans join the caller's trace. Not part of the request's identity (never serialized).
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -570,6 +570,7 @@ async fn complete(
 ) -> Result<Answer, OpenAiError> {
     let body = body.map_err(body_error)?;
     let mut parsed = wire::parse_request(&body)?;
+    parsed.request.traceparent = Some(call.context.header());
     call.model = parsed.model.clone();
     call.stream = parsed.stream;
     let mut response_model = parsed.model.clone();

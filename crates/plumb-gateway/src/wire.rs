@@ -247,6 +247,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<CompletionRequest, OpenAiError> {
             messages,
             params,
             extra,
+            traceparent: None,
         },
     })
 }

@@ -80,6 +80,9 @@ impl AnthropicModel {
         let mut headers = self.headers.clone();
         headers.push(("x-api-key".to_owned(), key.clone()));
         headers.push(("anthropic-version".to_owned(), API_VERSION.to_owned()));
+        if let Some(traceparent) = &request.traceparent {
+            headers.push(("traceparent".to_owned(), traceparent.clone()));
+        }
         let body = request_body(&self.model, request);
         let value = http::post_json(JsonRequest {
             url: &self.url,

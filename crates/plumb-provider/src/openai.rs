@@ -87,6 +87,16 @@ impl OpenAiModel {
         Ok(headers)
     }
 
+    /// The headers of one request: the configured ones, the key, and the caller's
+    /// `traceparent` when there is one.
+    fn headers_for(&self, request: &ChatRequest) -> Result<Vec<(String, String)>, ModelError> {
+        let mut headers = self.headers()?;
+        if let Some(traceparent) = &request.traceparent {
+            headers.push(("traceparent".to_owned(), traceparent.clone()));
+        }
+        Ok(headers)
+    }
+
     fn missing_key(&self) -> ModelError {
         http::missing_key(&self.id, &self.api_key_env)
     }
@@ -109,7 +119,7 @@ impl OpenAiModel {
 
     async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
         let body = request_body(&self.model, request, self.flavor);
-        let headers = self.headers()?;
+        let headers = self.headers_for(request)?;
         let value = http::post_json(self.json_request(&headers, &body)).await?;
         let mut response = parse_response(&value).map_err(|message| {
             ModelError::new(ModelErrorKind::Protocol, format!("{}: {message}", self.url))
@@ -130,7 +140,7 @@ impl OpenAiModel {
             object.insert("stream".into(), json!(true));
             object.insert("stream_options".into(), json!({"include_usage": true}));
         }
-        let headers = self.headers()?;
+        let headers = self.headers_for(request)?;
         let response = http::post(&self.json_request(&headers, &body)).await?;
         let prompt_estimate =
             tokens::estimate_usage(&self.model, &request.messages, "").prompt_tokens;
