@@ -30,8 +30,8 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use plumb_core::{
-    BoxFuture, ChatModel, ChatRequest, ChatResponse, FinishReason, Message, ModelError,
-    ModelErrorKind, ModelParams, Pricing, ResponseFormat, Role, Usage,
+    BoxFuture, ChatDelta, ChatModel, ChatRequest, ChatResponse, ChatStream, FinishReason, Message,
+    ModelError, ModelErrorKind, ModelParams, Pricing, ResponseFormat, Role, Usage,
 };
 
 use crate::ProviderOptions;
@@ -60,6 +60,8 @@ fn backend() -> Result<&'static LlamaBackend, ModelError> {
 struct Job {
     request: ChatRequest,
     reply: tokio::sync::oneshot::Sender<Result<ChatResponse, ModelError>>,
+    /// For streamed calls: text as it is generated (a prefix of the final content).
+    progress: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// The handle of a model's worker thread.
@@ -140,6 +142,7 @@ fn serve(
             &mut session,
             &job.request,
             settings,
+            job.progress.as_ref(),
         );
         if result.is_err() {
             // The KV cache may hold half a request; start the next one from scratch.
@@ -194,7 +197,12 @@ impl LocalModel {
         })
     }
 
-    async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
+    /// Queues `request` on the model's thread; the answer arrives on the returned channel.
+    async fn submit(
+        &self,
+        request: &ChatRequest,
+        progress: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<ChatResponse, ModelError>>, ModelError> {
         let path = self.path.clone();
         let settings = self.settings;
         // Starting a worker loads the model: blocking work, off the async threads.
@@ -209,11 +217,60 @@ impl LocalModel {
             .send(Job {
                 request: request.clone(),
                 reply,
+                progress,
             })
             .map_err(|_| local_error("the model thread has stopped".to_owned()))?;
-        answer
+        Ok(answer)
+    }
+
+    async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
+        self.submit(request, None)
+            .await?
             .await
             .map_err(|_| local_error("the model thread dropped the request".to_owned()))?
+    }
+
+    /// Text as it is generated, then the rest of the answer with its finish reason and usage.
+    async fn stream(&self, request: &ChatRequest) -> Result<ChatStream, ModelError> {
+        let (sender, pieces) = tokio::sync::mpsc::unbounded_channel();
+        let answer = self.submit(request, Some(sender)).await?;
+        struct State {
+            pieces: tokio::sync::mpsc::UnboundedReceiver<String>,
+            answer: Option<tokio::sync::oneshot::Receiver<Result<ChatResponse, ModelError>>>,
+            sent: usize,
+        }
+        let state = State {
+            pieces,
+            answer: Some(answer),
+            sent: 0,
+        };
+        Ok(Box::pin(futures_util::stream::unfold(
+            state,
+            |mut state| async move {
+                if let Some(piece) = state.pieces.recv().await {
+                    state.sent += piece.len();
+                    let delta = ChatDelta {
+                        content: piece,
+                        ..ChatDelta::default()
+                    };
+                    return Some((Ok(delta), state));
+                }
+                // The job is done (its sender dropped): the final answer is there.
+                let answer = state.answer.take()?.await;
+                let item = match answer {
+                    Ok(Ok(response)) => {
+                        let mut last = ChatDelta::whole(response);
+                        last.content = last.content.get(state.sent..).unwrap_or("").to_owned();
+                        Ok(last)
+                    }
+                    Ok(Err(error)) => Err(error),
+                    Err(_) => Err(local_error(
+                        "the model thread dropped the request".to_owned(),
+                    )),
+                };
+                Some((item, state))
+            },
+        )))
     }
 }
 
@@ -227,6 +284,13 @@ impl ChatModel for LocalModel {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
         Box::pin(self.call(request))
+    }
+
+    fn chat_stream<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatStream, ModelError>> {
+        Box::pin(self.stream(request))
     }
 
     fn preflight(&self) -> Result<(), ModelError> {
@@ -362,8 +426,17 @@ fn generate<'a>(
     session: &mut Option<Session<'a>>,
     request: &ChatRequest,
     settings: WorkerSettings,
+    progress: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
 ) -> Result<ChatResponse, ModelError> {
     let params = &request.params;
+    // Streamed text holds back what could still turn out to be the start of a stop sequence.
+    let hold_back = params
+        .stop
+        .iter()
+        .map(|s| s.len().saturating_sub(1))
+        .max()
+        .unwrap_or(0);
+    let mut streamed = 0usize;
     let prompt = format_prompt(model, template, &request.messages)?;
     let vocab = model.vocab();
     let prompt_tokens = vocab.tokenize(prompt.as_bytes(), true, true);
@@ -458,6 +531,25 @@ fn generate<'a>(
                 stop_at = Some(index);
                 finish = FinishReason::Stop;
                 break;
+            }
+        }
+        if let Some(progress) = progress {
+            if progress.is_closed() {
+                // Nobody is reading any more: stop spending the model on it.
+                break;
+            }
+            let valid = match std::str::from_utf8(&output) {
+                Ok(text) => text.len(),
+                Err(error) => error.valid_up_to(),
+            };
+            let mut end = valid.saturating_sub(hold_back);
+            while end > streamed && std::str::from_utf8(&output[streamed..end]).is_err() {
+                end -= 1;
+            }
+            if end > streamed {
+                let piece = String::from_utf8_lossy(&output[streamed..end]).into_owned();
+                streamed = end;
+                let _ = progress.send(piece);
             }
         }
         decode(&mut state.ctx, &[token], state.tokens.len())?;

@@ -273,3 +273,30 @@ async fn chat_models_get_their_own_chat_template() {
     assert!(response.content.contains('4'), "{response:?}");
     assert!(!response.content.contains("<|im_start|>"), "{response:?}");
 }
+
+#[tokio::test]
+async fn local_answers_stream_token_by_token() {
+    use futures_util::StreamExt as _;
+    let model = gemma();
+    // A stop sequence exercises the held-back text: what streams must still add up exactly.
+    let request = ask(
+        "One, two, three, four, five, six,",
+        ModelParams {
+            temperature: Some(0.0),
+            max_tokens: Some(24),
+            stop: vec![" ten".into()],
+            ..ModelParams::default()
+        },
+    );
+    let whole = model.chat(&request).await.unwrap();
+    let deltas: Vec<_> = model.chat_stream(&request).await.unwrap().collect().await;
+    assert!(deltas.len() > 3, "one delta per token or so, got {}", deltas.len());
+    let mut assembler = plumb_core::Assembler::default();
+    for delta in &deltas {
+        assembler.push(delta.as_ref().unwrap());
+    }
+    let streamed = assembler.into_response();
+    assert_eq!(streamed.content, whole.content);
+    assert_eq!(streamed.usage, whole.usage);
+    assert!(streamed.finish_reason.is_some());
+}
