@@ -290,7 +290,11 @@ async fn local_answers_stream_token_by_token() {
     );
     let whole = model.chat(&request).await.unwrap();
     let deltas: Vec<_> = model.chat_stream(&request).await.unwrap().collect().await;
-    assert!(deltas.len() > 3, "one delta per token or so, got {}", deltas.len());
+    assert!(
+        deltas.len() > 3,
+        "one delta per token or so, got {}",
+        deltas.len()
+    );
     let mut assembler = plumb_core::Assembler::default();
     for delta in &deltas {
         assembler.push(delta.as_ref().unwrap());
