@@ -164,6 +164,8 @@ def main():
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--delays", default="0,20", help="mock latencies in ms")
     parser.add_argument("--litellm-rates", default="50,100,200,300,500,700,1000")
+    parser.add_argument("--gateway-cpus", default="1",
+                        help="cores for the gateways (the mock and the load run on core 0)")
     args = parser.parse_args()
     if not os.path.exists(args.plumb):
         sys.exit(f"{args.plumb} not found: run `cargo build --release` first")
@@ -203,7 +205,7 @@ def main():
                              text=True).stdout.strip()
         mock = start([os.path.join(gw_release, "gw-mock"), "--listen", f"127.0.0.1:{MOCK_PORT}",
                       "--delay-ms", str(delay)], "0")
-        plumb = start([args.plumb, "serve", "--addr", f"127.0.0.1:{PLUMB_PORT}"], "1", env=env,
+        plumb = start([args.plumb, "serve", "--addr", f"127.0.0.1:{PLUMB_PORT}"], args.gateway_cpus, env=env,
                       cwd=project, logfile=os.path.join(work, f"plumb-{delay}.log"))
         proxy = None
         try:
@@ -215,7 +217,7 @@ def main():
                 proxy_env = dict(os.environ, LITELLM_MASTER_KEY=LITELLM_KEY,
                                  LITELLM_LOCAL_MODEL_COST_MAP="True")
                 proxy = start([litellm, "--config", os.path.join(work, "litellm.yaml"), "--port",
-                               str(LITELLM_PORT), "--host", "127.0.0.1"], "1", env=proxy_env,
+                               str(LITELLM_PORT), "--host", "127.0.0.1"], args.gateway_cpus, env=proxy_env,
                               logfile=os.path.join(work, f"litellm-{delay}.log"))
                 wait_http(f"http://127.0.0.1:{LITELLM_PORT}/health/liveliness", timeout=180)
                 litellm_target = (f"litellm=http://127.0.0.1:{LITELLM_PORT}/v1,mock-gpt,"
