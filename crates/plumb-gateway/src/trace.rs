@@ -243,30 +243,54 @@ type Batch = (
 
 /// The thread that writes batches, at the lowest priority (nice 19): on a busy core, requests
 /// go first and the queue absorbs the wait.
+///
+/// When the queue is over half full the low priority is not keeping up (a saturated core), so
+/// batches are written from the runtime's blocking pool at normal priority until it drains:
+/// traces are dropped only when even that cannot keep up.
 struct StoreThread {
     batches: std::sync::mpsc::SyncSender<Batch>,
+    store: Arc<dyn TraceStore>,
 }
 
 impl StoreThread {
     fn start(store: Arc<dyn TraceStore>) -> StoreThread {
         let (batches, receiver) = std::sync::mpsc::sync_channel::<Batch>(1);
+        let thread_store = store.clone();
         let spawned = std::thread::Builder::new()
             .name("plumb-traces".into())
             .spawn(move || {
                 lower_priority();
                 while let Ok((traces, reply)) = receiver.recv() {
-                    let result = store.insert_traces(&traces).map_err(|e| e.to_string());
+                    let result = thread_store
+                        .insert_traces(&traces)
+                        .map_err(|e| e.to_string());
                     let _ = reply.send((result, traces));
                 }
             });
         if let Err(error) = spawned {
             eprintln!("plumb serve: cannot start the trace writer thread: {error}");
         }
-        StoreThread { batches }
+        StoreThread { batches, store }
     }
 
-    /// Writes `traces`; gives them back with the outcome.
-    async fn write(&self, traces: Vec<TraceRecord>) -> (Result<(), String>, Vec<TraceRecord>) {
+    /// Writes `traces` (at normal priority when `urgent`); gives them back with the outcome.
+    async fn write(
+        &self,
+        traces: Vec<TraceRecord>,
+        urgent: bool,
+    ) -> (Result<(), String>, Vec<TraceRecord>) {
+        if urgent {
+            let store = self.store.clone();
+            return match tokio::task::spawn_blocking(move || {
+                let result = store.insert_traces(&traces).map_err(|e| e.to_string());
+                (result, traces)
+            })
+            .await
+            {
+                Ok(outcome) => outcome,
+                Err(error) => (Err(error.to_string()), Vec::new()),
+            };
+        }
         let (reply, outcome) = oneshot::channel();
         // The loop waits for each batch before sending the next, so the one-slot channel is
         // always free here and the send never blocks.
@@ -320,7 +344,9 @@ async fn write_loop(
         if !batch.is_empty() {
             let traces = std::mem::take(&mut batch);
             let count = traces.len() as u64;
-            match store.write(traces).await {
+            // Over half full: the low-priority thread is not keeping up.
+            let urgent = receiver.len() * 2 > receiver.max_capacity();
+            match store.write(traces, urgent).await {
                 (Ok(()), traces) => {
                     metrics.traces_written.inc_by(count);
                     if let Some(exporter) = &exporter {
