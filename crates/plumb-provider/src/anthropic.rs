@@ -3,8 +3,8 @@
 //! the API instead of hoped for.
 
 use plumb_core::{
-    BoxFuture, ChatModel, ChatRequest, ChatResponse, FinishReason, ModelError, ModelErrorKind,
-    Pricing, Role, ToolCall, ToolCallFunction, Usage,
+    BoxFuture, ChatDelta, ChatModel, ChatRequest, ChatResponse, ChatStream, FinishReason,
+    ModelError, ModelErrorKind, Pricing, Role, ToolCall, ToolCallDelta, ToolCallFunction, Usage,
 };
 use serde_json::{Map, Value, json};
 
@@ -75,7 +75,8 @@ impl AnthropicModel {
         http::missing_key(&self.id, &self.api_key_env)
     }
 
-    async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
+    /// The key, the API version and the caller's `traceparent`, after the configured headers.
+    fn headers_for(&self, request: &ChatRequest) -> Result<Vec<(String, String)>, ModelError> {
         let key = self.api_key.as_ref().ok_or_else(|| self.missing_key())?;
         let mut headers = self.headers.clone();
         headers.push(("x-api-key".to_owned(), key.clone()));
@@ -83,16 +84,50 @@ impl AnthropicModel {
         if let Some(traceparent) = &request.traceparent {
             headers.push(("traceparent".to_owned(), traceparent.clone()));
         }
-        let body = request_body(&self.model, request);
-        let value = http::post_json(JsonRequest {
+        Ok(headers)
+    }
+
+    fn json_request<'a>(
+        &'a self,
+        headers: &'a [(String, String)],
+        body: &'a Value,
+    ) -> JsonRequest<'a> {
+        JsonRequest {
             url: &self.url,
-            headers: &headers,
-            body: &body,
+            headers,
+            body,
             timeout: self.timeout,
             max_retries: self.max_retries,
             error_message,
-        })
-        .await?;
+        }
+    }
+
+    async fn open_stream(&self, request: &ChatRequest) -> Result<ChatStream, ModelError> {
+        let headers = self.headers_for(request)?;
+        let mut body = request_body(&self.model, request);
+        if let Some(object) = body.as_object_mut() {
+            object.insert("stream".into(), json!(true));
+        }
+        let response = http::post(&self.json_request(&headers, &body)).await?;
+        Ok(crate::sse::deltas(
+            response,
+            self.url.clone(),
+            AnthropicEvents {
+                structured: request.params.response_format.is_some(),
+                input_tokens: 0,
+                model: None,
+                blocks: std::collections::HashMap::new(),
+                tool_calls: 0,
+                stop_reason: false,
+                stopped: false,
+            },
+        ))
+    }
+
+    async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError> {
+        let headers = self.headers_for(request)?;
+        let body = request_body(&self.model, request);
+        let value = http::post_json(self.json_request(&headers, &body)).await?;
         parse_response(&value, request.params.response_format.is_some()).map_err(|message| {
             ModelError::new(ModelErrorKind::Protocol, format!("{}: {message}", self.url))
         })
@@ -109,6 +144,13 @@ impl ChatModel for AnthropicModel {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
         Box::pin(self.call(request))
+    }
+
+    fn chat_stream<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatStream, ModelError>> {
+        Box::pin(self.open_stream(request))
     }
 
     fn pricing(&self) -> Option<Pricing> {
@@ -225,6 +267,166 @@ pub(crate) fn request_body(model: &str, request: &ChatRequest) -> Value {
     Value::Object(body)
 }
 
+/// Anthropic's stop reason in OpenAI's vocabulary; a structured answer comes as a call of the
+/// respond tool, which is a plain stop to the caller.
+fn finish_reason(reason: &str, structured: bool, has_tool_calls: bool) -> FinishReason {
+    match reason {
+        "end_turn" | "stop_sequence" => FinishReason::Stop,
+        "max_tokens" => FinishReason::Length,
+        "tool_use" if structured && !has_tool_calls => FinishReason::Stop,
+        "tool_use" => FinishReason::ToolCalls,
+        "refusal" => FinishReason::ContentFilter,
+        _ => FinishReason::Other,
+    }
+}
+
+/// What a content block of a streamed message is.
+#[derive(Clone, Copy)]
+enum Block {
+    Text,
+    /// A tool call, by its index among the answer's tool calls.
+    Tool(u32),
+    /// The respond tool of a structured answer: its input is the content.
+    Respond,
+}
+
+/// The Messages API's stream events (`message_start`, `content_block_*`, `message_delta`,
+/// `message_stop`, `error`), as deltas.
+struct AnthropicEvents {
+    structured: bool,
+    input_tokens: u64,
+    model: Option<String>,
+    blocks: std::collections::HashMap<u64, Block>,
+    tool_calls: u32,
+    stop_reason: bool,
+    stopped: bool,
+}
+
+impl crate::sse::Events for AnthropicEvents {
+    fn event(&mut self, data: &str) -> Result<Vec<ChatDelta>, ModelError> {
+        let value = crate::sse::json_event(data)?;
+        let index = value.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let text = |s: &str| ChatDelta {
+            content: s.to_owned(),
+            ..ChatDelta::default()
+        };
+        let mut out = Vec::new();
+        match value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+        {
+            "message_start" => {
+                self.input_tokens = value
+                    .pointer("/message/usage/input_tokens")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                self.model = value
+                    .pointer("/message/model")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+            }
+            "content_block_start" => {
+                let block = value.get("content_block").unwrap_or(&Value::Null);
+                let kind = match block.get("type").and_then(Value::as_str) {
+                    Some("tool_use") => {
+                        let name = block
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        if self.structured && name == RESPOND_TOOL {
+                            Block::Respond
+                        } else {
+                            let n = self.tool_calls;
+                            self.tool_calls += 1;
+                            out.push(ChatDelta {
+                                tool_calls: vec![ToolCallDelta {
+                                    index: n,
+                                    id: block.get("id").and_then(Value::as_str).map(str::to_owned),
+                                    name: Some(name.to_owned()),
+                                    arguments: String::new(),
+                                }],
+                                ..ChatDelta::default()
+                            });
+                            Block::Tool(n)
+                        }
+                    }
+                    _ => Block::Text,
+                };
+                self.blocks.insert(index, kind);
+            }
+            "content_block_delta" => {
+                let delta = value.get("delta").unwrap_or(&Value::Null);
+                let kind = self.blocks.get(&index).copied().unwrap_or(Block::Text);
+                match (delta.get("type").and_then(Value::as_str), kind) {
+                    (Some("text_delta"), _) => {
+                        out.push(text(
+                            delta.get("text").and_then(Value::as_str).unwrap_or(""),
+                        ));
+                    }
+                    (Some("input_json_delta"), Block::Respond) => out.push(text(
+                        delta
+                            .get("partial_json")
+                            .and_then(Value::as_str)
+                            .unwrap_or(""),
+                    )),
+                    (Some("input_json_delta"), Block::Tool(n)) => out.push(ChatDelta {
+                        tool_calls: vec![ToolCallDelta {
+                            index: n,
+                            arguments: delta
+                                .get("partial_json")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_owned(),
+                            ..ToolCallDelta::default()
+                        }],
+                        ..ChatDelta::default()
+                    }),
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                let reason = value
+                    .pointer("/delta/stop_reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("end_turn");
+                self.stop_reason = true;
+                out.push(ChatDelta {
+                    finish_reason: Some(finish_reason(
+                        reason,
+                        self.structured,
+                        self.tool_calls > 0,
+                    )),
+                    usage: Some(Usage {
+                        prompt_tokens: self.input_tokens,
+                        completion_tokens: value
+                            .pointer("/usage/output_tokens")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0),
+                    }),
+                    model: self.model.clone(),
+                    ..ChatDelta::default()
+                });
+            }
+            "message_stop" => self.stopped = true,
+            _ => {}
+        }
+        Ok(out)
+    }
+
+    fn complete(&self) -> bool {
+        self.stop_reason
+    }
+
+    fn over(&self) -> bool {
+        self.stopped
+    }
+
+    fn closing(&mut self) -> Vec<ChatDelta> {
+        Vec::new()
+    }
+}
+
 pub(crate) fn parse_response(value: &Value, structured: bool) -> Result<ChatResponse, String> {
     let blocks = value
         .get("content")
@@ -266,18 +468,10 @@ pub(crate) fn parse_response(value: &Value, structured: bool) -> Result<ChatResp
             _ => {}
         }
     }
-    let finish_reason =
-        value
-            .get("stop_reason")
-            .and_then(Value::as_str)
-            .map(|reason| match reason {
-                "end_turn" | "stop_sequence" => FinishReason::Stop,
-                "max_tokens" => FinishReason::Length,
-                "tool_use" if structured && tool_calls.is_empty() => FinishReason::Stop,
-                "tool_use" => FinishReason::ToolCalls,
-                "refusal" => FinishReason::ContentFilter,
-                _ => FinishReason::Other,
-            });
+    let finish_reason = value
+        .get("stop_reason")
+        .and_then(Value::as_str)
+        .map(|reason| finish_reason(reason, structured, !tool_calls.is_empty()));
     let usage = Usage {
         prompt_tokens: value
             .pointer("/usage/input_tokens")

@@ -153,12 +153,9 @@ impl OpenAiModel {
     }
 }
 
-struct StreamState {
-    bytes:
-        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
-    parser: crate::sse::SseParser,
-    pending: std::collections::VecDeque<Result<ChatDelta, ModelError>>,
-    url: String,
+/// OpenAI's `chat.completion.chunk` events, ended by `[DONE]` (or, from servers that do not
+/// send it, by the end of the body after a finish reason).
+struct OpenAiEvents {
     model: String,
     prompt_estimate: u64,
     content: String,
@@ -168,150 +165,78 @@ struct StreamState {
     done: bool,
 }
 
-/// The deltas of an OpenAI-style SSE body. A stream that ends before the finish reason (or
-/// `[DONE]`) ends with an error: the answer is incomplete.
+impl crate::sse::Events for OpenAiEvents {
+    fn event(&mut self, data: &str) -> Result<Vec<ChatDelta>, ModelError> {
+        if data.trim() == "[DONE]" {
+            self.finished = true;
+            self.done = true;
+            return Ok(Vec::new());
+        }
+        let mut delta = parse_chunk(data)?;
+        if delta.model.is_some() {
+            self.reported_model.clone_from(&delta.model);
+        }
+        delta.model = None;
+        if delta.usage.is_some() {
+            self.usage_seen = true;
+        }
+        if delta.finish_reason.is_some() {
+            self.finished = true;
+            delta.model.clone_from(&self.reported_model);
+        }
+        self.content.push_str(&delta.content);
+        Ok(vec![delta])
+    }
+
+    fn complete(&self) -> bool {
+        self.finished
+    }
+
+    fn over(&self) -> bool {
+        // The usage chunk follows the finish reason: read on until [DONE] or the end.
+        self.done
+    }
+
+    fn closing(&mut self) -> Vec<ChatDelta> {
+        if self.usage_seen || !self.finished {
+            return Vec::new();
+        }
+        let usage = tokens::estimate_usage(&self.model, &[], &self.content);
+        vec![ChatDelta {
+            usage: Some(Usage {
+                prompt_tokens: self.prompt_estimate,
+                completion_tokens: usage.completion_tokens,
+            }),
+            ..ChatDelta::default()
+        }]
+    }
+}
+
+/// The deltas of an OpenAI-style SSE body.
 fn stream_deltas(
     response: reqwest::Response,
     url: String,
     model: String,
     prompt_estimate: u64,
 ) -> ChatStream {
-    use futures_util::StreamExt as _;
-    let state = StreamState {
-        bytes: Box::pin(response.bytes_stream()),
-        parser: crate::sse::SseParser::default(),
-        pending: std::collections::VecDeque::new(),
+    crate::sse::deltas(
+        response,
         url,
-        model,
-        prompt_estimate,
-        content: String::new(),
-        reported_model: None,
-        usage_seen: false,
-        finished: false,
-        done: false,
-    };
-    Box::pin(futures_util::stream::unfold(
-        state,
-        |mut state| async move {
-            loop {
-                if let Some(item) = state.pending.pop_front() {
-                    return Some((item, state));
-                }
-                if state.done {
-                    return None;
-                }
-                let events = match state.bytes.next().await {
-                    Some(Ok(chunk)) => state.parser.push(&chunk),
-                    Some(Err(error)) => {
-                        state.done = true;
-                        let mut failure = http::transport_error(&error, &state.url);
-                        failure.message = format!("{} (the stream broke)", failure.message);
-                        return Some((Err(failure), state));
-                    }
-                    None => {
-                        state.done = true;
-                        let rest: Vec<String> = state.parser.finish().into_iter().collect();
-                        state.take(rest);
-                        if !state.finished {
-                            state.pending.push_back(Err(ModelError::new(
-                                ModelErrorKind::Connect,
-                                format!(
-                                    "the stream from {} ended before the answer did",
-                                    state.url
-                                ),
-                            )));
-                        } else if !state.usage_seen {
-                            let usage = tokens::estimate_usage(&state.model, &[], &state.content);
-                            state.pending.push_back(Ok(ChatDelta {
-                                usage: Some(Usage {
-                                    prompt_tokens: state.prompt_estimate,
-                                    completion_tokens: usage.completion_tokens,
-                                }),
-                                ..ChatDelta::default()
-                            }));
-                        }
-                        continue;
-                    }
-                };
-                state.take(events);
-            }
+        OpenAiEvents {
+            model,
+            prompt_estimate,
+            content: String::new(),
+            reported_model: None,
+            usage_seen: false,
+            finished: false,
+            done: false,
         },
-    ))
-}
-
-impl StreamState {
-    fn take(&mut self, events: Vec<String>) {
-        for event in events {
-            if self.done && event.trim() == "[DONE]" {
-                continue;
-            }
-            if event.trim() == "[DONE]" {
-                // What follows [DONE] is ignored; the stream is complete.
-                self.finished = true;
-                self.done = true;
-                self.pending.extend(self.closing());
-                continue;
-            }
-            match parse_chunk(&event) {
-                Ok(mut delta) => {
-                    if delta.model.is_some() {
-                        self.reported_model.clone_from(&delta.model);
-                    }
-                    delta.model = None;
-                    if delta.usage.is_some() {
-                        self.usage_seen = true;
-                    }
-                    if delta.finish_reason.is_some() {
-                        self.finished = true;
-                        delta.model.clone_from(&self.reported_model);
-                    }
-                    self.content.push_str(&delta.content);
-                    if !delta.is_empty() {
-                        self.pending.push_back(Ok(delta));
-                    }
-                }
-                Err(error) => {
-                    self.done = true;
-                    self.pending.push_back(Err(error));
-                    return;
-                }
-            }
-        }
-    }
-
-    /// At `[DONE]`: the usage estimate when the server reported none.
-    fn closing(&self) -> Option<Result<ChatDelta, ModelError>> {
-        (!self.usage_seen).then(|| {
-            let usage = tokens::estimate_usage(&self.model, &[], &self.content);
-            Ok(ChatDelta {
-                usage: Some(Usage {
-                    prompt_tokens: self.prompt_estimate,
-                    completion_tokens: usage.completion_tokens,
-                }),
-                ..ChatDelta::default()
-            })
-        })
-    }
+    )
 }
 
 /// One `chat.completion.chunk` (or an error event) as a delta.
 fn parse_chunk(event: &str) -> Result<ChatDelta, ModelError> {
-    let value: Value = serde_json::from_str(event).map_err(|error| {
-        ModelError::new(
-            ModelErrorKind::Protocol,
-            format!("the stream sent an event that is not JSON: {error}"),
-        )
-    })?;
-    if let Some(error) = value.get("error") {
-        let message = error
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown error");
-        return Err(ModelError::new(
-            ModelErrorKind::Server,
-            format!("the stream reported an error: {message}"),
-        ));
-    }
+    let value = crate::sse::json_event(event)?;
     let mut delta = ChatDelta {
         model: value
             .get("model")

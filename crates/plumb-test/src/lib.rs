@@ -43,6 +43,35 @@ pub struct StreamScript {
     pub broken: bool,
 }
 
+/// Anthropic Messages stream events for a text answer of `pieces` (13 input tokens).
+pub fn anthropic_events(pieces: &[&str]) -> Vec<String> {
+    let mut events = vec![
+        json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
+            "role": "assistant", "model": "claude-mock", "content": [],
+            "usage": {"input_tokens": 13, "output_tokens": 1}}})
+        .to_string(),
+        json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}})
+        .to_string(),
+        json!({"type": "ping"}).to_string(),
+    ];
+    for piece in pieces {
+        events.push(
+            json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": piece}})
+            .to_string(),
+        );
+    }
+    events.push(json!({"type": "content_block_stop", "index": 0}).to_string());
+    events.push(
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": pieces.len()}})
+        .to_string(),
+    );
+    events.push(json!({"type": "message_stop"}).to_string());
+    events
+}
+
 /// OpenAI `chat.completion.chunk` events for `pieces`, then the finish reason, usage and
 /// `[DONE]`.
 pub fn openai_chunks(pieces: &[&str]) -> Vec<String> {
@@ -436,6 +465,15 @@ async fn anthropic(
             .into_response();
     }
     let content = format!("echo: {}", last_user(body.get("messages")));
+    if body.get("stream").and_then(Value::as_bool) == Some(true) {
+        let words: Vec<String> = content.split_inclusive(' ').map(str::to_owned).collect();
+        let pieces: Vec<&str> = words.iter().map(String::as_str).collect();
+        return sse_response(StreamScript {
+            events: anthropic_events(&pieces),
+            gap: Duration::ZERO,
+            broken: false,
+        });
+    }
     axum::Json(json!({
         "id": "msg_mock",
         "type": "message",
