@@ -628,7 +628,15 @@ impl GatewayConfig {
             .unwrap_or(10_000)
             .max(1);
         let limits = match gateway.limits {
-            Some(raw) => limits_config(raw, path, &routes, &routers)?,
+            Some(raw) => {
+                let aliases: Vec<&str> = routes
+                    .keys()
+                    .chain(routers.keys())
+                    .chain(embeddings.keys())
+                    .map(String::as_str)
+                    .collect();
+                limits_config(raw, path, &aliases)?
+            }
             None => LimitsConfig::default(),
         };
         Ok(GatewayConfig {
@@ -706,8 +714,7 @@ fn trace_options(raw: RawTraces, path: &Path) -> Result<TraceOptions, SourceErro
 fn limits_config(
     raw: RawLimitsSection,
     path: &Path,
-    routes: &IndexMap<String, Route>,
-    routers: &IndexMap<String, RuleRouter>,
+    aliases: &[&str],
 ) -> Result<LimitsConfig, SourceError> {
     let at = |message: String| SourceError::in_file(path, format!("gateway.limits.{message}"));
     let convert = |place: String, raw: RawLimits| -> Result<Limits, SourceError> {
@@ -744,14 +751,9 @@ fn limits_config(
     }
     let mut models = IndexMap::new();
     for (alias, limits) in raw.models {
-        if !routes.contains_key(&alias) && !routers.contains_key(&alias) {
-            let known: Vec<&str> = routes
-                .keys()
-                .chain(routers.keys())
-                .map(String::as_str)
-                .collect();
+        if !aliases.contains(&alias.as_str()) {
             let mut error = at(format!("models.{alias}: no such model alias"));
-            if let Some(best) = plumb_core::did_you_mean(&alias, known.iter().copied()) {
+            if let Some(best) = plumb_core::did_you_mean(&alias, aliases.iter().copied()) {
                 error = error.with_hint(format!("did you mean `{best}`?"));
             }
             return Err(error);

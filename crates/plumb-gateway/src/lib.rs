@@ -478,6 +478,8 @@ async fn embed(
         error.param = Some("model".into());
         error
     })?;
+    let alias = parsed.model.clone();
+    admit(gateway, call, &alias).await?;
     call.target = Some(route.id.clone());
     call.params = json!({"inputs": parsed.input.len()});
     let began = Instant::now();
@@ -646,28 +648,7 @@ async fn complete(
         call.params = params_json(&parsed.request);
         call.input = serde_json::to_value(&parsed.request.messages).unwrap_or(Value::Null);
     }
-    if let Some(limiter) = &gateway.limiter {
-        let scopes = gateway
-            .config
-            .limits
-            .scopes(call.key_id.as_deref(), &[&call.model, &alias]);
-        if !scopes.is_empty() {
-            match limiter.admit(&scopes, trace::now()).await {
-                Ok(None) => call.limit_scopes = scopes,
-                Ok(Some(denied)) => {
-                    let mut error = OpenAiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "rate_limit_error",
-                        Some("rate_limit_exceeded"),
-                        denied.message(&scopes),
-                    );
-                    error.retry_after = Some(denied.retry_after.as_millis().div_ceil(1000) as u64);
-                    return Err(error);
-                }
-                Err(error) => gateway.limit_store_failed(&error),
-            }
-        }
-    }
+    admit(gateway, call, &alias).await?;
     let mut cache_write = None;
     if let Some(policy) = &route.cache {
         if call.bypass_cache {
@@ -761,6 +742,36 @@ async fn complete(
     };
     add_route_headers(&mut response, &target.id, call);
     Ok(Answer::Ready(response))
+}
+
+/// Checks the request against its key's and its model's limits (the requested name and the
+/// alias it went to); on admission the call remembers them, to be charged when it ends.
+async fn admit(gateway: &Gateway, call: &mut Call, alias: &str) -> Result<(), OpenAiError> {
+    let Some(limiter) = &gateway.limiter else {
+        return Ok(());
+    };
+    let scopes = gateway
+        .config
+        .limits
+        .scopes(call.key_id.as_deref(), &[&call.model, alias]);
+    if scopes.is_empty() {
+        return Ok(());
+    }
+    match limiter.admit(&scopes, trace::now()).await {
+        Ok(None) => call.limit_scopes = scopes,
+        Ok(Some(denied)) => {
+            let mut error = OpenAiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                Some("rate_limit_exceeded"),
+                denied.message(&scopes),
+            );
+            error.retry_after = Some(denied.retry_after.as_millis().div_ceil(1000) as u64);
+            return Err(error);
+        }
+        Err(error) => gateway.limit_store_failed(&error),
+    }
+    Ok(())
 }
 
 /// An SSE response fed by the tail.

@@ -182,3 +182,23 @@ fn limit_config_errors_are_located() {
         assert!(error.to_string().contains(needle), "{error}");
     }
 }
+
+#[tokio::test]
+async fn embeddings_count_against_the_same_limits() {
+    let mock = plumb_test::MockServer::start().await;
+    let config = format!(
+        "gateway:\n  embeddings:\n    vectors: {{provider: 'openai-compatible:{}#emb'}}\n  limits:\n    models:\n      vectors: {{requests_per_min: 1}}\n",
+        mock.openai_base()
+    );
+    let gateway = super::gateway(&config);
+    let body = serde_json::json!({"model": "vectors", "input": "one"});
+    let (status, _) = super::post_to(gateway.clone(), "/v1/embeddings", body.clone()).await;
+    assert_eq!(status, axum::http::StatusCode::OK);
+    let (status, refused) = super::post_to(gateway, "/v1/embeddings", body).await;
+    assert_eq!(
+        status,
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "{refused}"
+    );
+    assert_eq!(refused["error"]["code"], "rate_limit_exceeded");
+}
