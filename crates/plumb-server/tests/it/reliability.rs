@@ -22,7 +22,7 @@ async fn a_fifth_of_upstream_calls_failing_fails_no_client_and_every_request_is_
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("plumb.db")).unwrap());
     let config = format!(
-        "gateway:\n  models:\n    fast:\n      breaker: {{failures: 1000}}\n      targets:\n        - provider: 'openai-compatible:{}#primary'\n          config: {{api_key: t}}\n          timeout_ms: 400\n          ttft_ms: 400\n        - provider: 'openai-compatible:{}#backup'\n          config: {{api_key: t}}\n",
+        "gateway:\n  models:\n    fast:\n      breaker: {{failures: 1000}}\n      targets:\n        - provider: 'openai-compatible:{}#primary'\n          config: {{api_key: t}}\n          timeout_ms: 1500\n          ttft_ms: 1500\n        - provider: 'openai-compatible:{}#backup'\n          config: {{api_key: t}}\n",
         flaky.openai_base(),
         backup.openai_base()
     );
@@ -102,8 +102,11 @@ async fn a_fifth_of_upstream_calls_failing_fails_no_client_and_every_request_is_
         .iter()
         .filter(|t| t.detail["attempts"].as_array().unwrap().len() == 2)
         .count();
-    assert_eq!(
-        fell_back, failures,
-        "each failure shows as a second attempt in its trace"
+    // Each failure shows as a second attempt in its trace (a slow machine may add a timeout of
+    // its own, never fewer), and every second attempt reached the backup.
+    assert!(
+        fell_back >= failures,
+        "{fell_back} fallbacks for {failures} failures"
     );
+    assert_eq!(fell_back, backup.received().len());
 }
