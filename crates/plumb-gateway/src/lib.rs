@@ -279,7 +279,7 @@ impl Call {
             request_id: format!("{id_prefix}-{}", uuid::Uuid::now_v7().simple()),
             context,
             started: Instant::now(),
-            started_at: trace::now(),
+            started_at: plumb_core::now_ms(),
             endpoint,
             key_id: caller.and_then(|Extension(c)| c.key_id),
             model: String::new(),
@@ -360,7 +360,7 @@ impl Call {
             let limiter = limiter.clone();
             let scopes = std::mem::take(&mut self.limit_scopes);
             let (tokens, usd) = (self.usage.total(), self.cost_usd.unwrap_or(0.0));
-            let now = trace::now();
+            let now = plumb_core::now_ms();
             tokio::spawn(async move {
                 if let Err(error) = limiter.charge(&scopes, tokens, usd, now).await {
                     eprintln!("plumb serve: could not charge limits: {error}");
@@ -438,14 +438,8 @@ async fn embeddings(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut call = Call::start(&gateway, "embeddings", "emb", &headers, caller);
-    let response = match embed(&gateway, body, &mut call).await {
-        Ok(response) => response,
-        Err(error) => {
-            call.fail(&error);
-            error.into_response()
-        }
-    };
-    call.finish(&gateway, response)
+    let answer = embed(&gateway, body, &mut call).await.map(Answer::Ready);
+    respond(gateway, call, answer)
 }
 
 async fn embed(
@@ -537,7 +531,14 @@ async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut call = Call::start(&gateway, "chat", "chatcmpl", &headers, caller);
-    match complete(&gateway, body, &mut call).await {
+    let answer = complete(&gateway, body, &mut call).await;
+    respond(gateway, call, answer)
+}
+
+/// The response for `answer`, with the trace headers; the trace is recorded now, or, for a
+/// stream, once it ends.
+fn respond(gateway: Arc<Gateway>, mut call: Call, answer: Result<Answer, OpenAiError>) -> Response {
+    match answer {
         Ok(Answer::Ready(response)) => call.finish(&gateway, response),
         Ok(Answer::Streaming(mut response, tail)) => {
             // The status line and headers go out now; the rest of the answer and the trace
@@ -557,7 +558,7 @@ async fn chat_completions(
     }
 }
 
-/// What a chat request turned into.
+/// What a request turned into.
 enum Answer {
     /// A whole response.
     Ready(Response),
@@ -757,7 +758,7 @@ async fn admit(gateway: &Gateway, call: &mut Call, alias: &str) -> Result<(), Op
     if scopes.is_empty() {
         return Ok(());
     }
-    match limiter.admit(&scopes, trace::now()).await {
+    match limiter.admit(&scopes, plumb_core::now_ms()).await {
         Ok(None) => call.limit_scopes = scopes,
         Ok(Some(denied)) => {
             let mut error = OpenAiError::new(
@@ -919,7 +920,7 @@ async fn attach_feedback(
     let record = plumb_store::Feedback {
         id: 0,
         trace_id: parsed.trace_id,
-        at: trace::now(),
+        at: plumb_core::now_ms(),
         score: parsed.score,
         label: parsed.label,
         comment: parsed

@@ -179,6 +179,33 @@ impl Bucket {
     }
 }
 
+/// A bucket's level at `now_ms` (full when it has never been used).
+fn level(buckets: &HashMap<String, Bucket>, name: &str, capacity: f64, now_ms: i64) -> f64 {
+    buckets
+        .get(name)
+        .map_or(capacity, |b| b.refilled(capacity, now_ms))
+}
+
+/// Takes `amount` from a bucket (its level may go below zero).
+fn take(
+    buckets: &mut HashMap<String, Bucket>,
+    name: &str,
+    capacity: f64,
+    amount: f64,
+    now_ms: i64,
+) {
+    let level = level(buckets, name, capacity, now_ms) - amount;
+    buckets.insert(name.to_owned(), Bucket { level, at: now_ms });
+}
+
+/// Spend of `name` in a window (a day or a month index).
+fn spent(spend: &HashMap<(String, i64), f64>, name: &str, window: i64) -> f64 {
+    spend
+        .get(&(name.to_owned(), window))
+        .copied()
+        .unwrap_or(0.0)
+}
+
 #[derive(Default)]
 struct Counters {
     requests: HashMap<String, Bucket>,
@@ -211,73 +238,48 @@ impl MemoryLimits {
             .lock()
             .map_err(|_| "limit counters lock poisoned".to_owned())?;
         let ((day, to_day_end), (month, to_month_end)) = windows(now_ms);
-        let full = |capacity: f64| Bucket {
-            level: capacity,
-            at: now_ms,
-        };
         for scope in scopes {
-            let limits = &scope.limits;
-            let deny = |limit, retry_after| {
-                Some(Denied {
+            let (name, limits) = (scope.name.as_str(), &scope.limits);
+            let denied = |limit, retry_after| {
+                Ok(Some(Denied {
                     scope: scope.name.clone(),
                     limit,
                     retry_after,
-                })
+                }))
             };
             if let Some(rpm) = limits.requests_per_min {
                 let capacity = rpm as f64;
-                let level = counters
-                    .requests
-                    .get(&scope.name)
-                    .map_or(capacity, |b| b.refilled(capacity, now_ms));
+                let level = level(&counters.requests, name, capacity, now_ms);
                 if level < 1.0 {
-                    return Ok(deny(Limit::Requests, wait_ms(1.0 - level, capacity)));
+                    return denied(Limit::Requests, wait_ms(1.0 - level, capacity));
                 }
             }
             if let Some(tpm) = limits.tokens_per_min {
                 let capacity = tpm as f64;
-                let level = counters
-                    .tokens
-                    .get(&scope.name)
-                    .map_or(capacity, |b| b.refilled(capacity, now_ms));
+                let level = level(&counters.tokens, name, capacity, now_ms);
                 if level <= 0.0 {
-                    return Ok(deny(Limit::Tokens, wait_ms(-level + 1.0, capacity)));
+                    return denied(Limit::Tokens, wait_ms(-level + 1.0, capacity));
                 }
             }
-            if let Some(budget) = limits.usd_per_day
-                && counters
-                    .daily
-                    .get(&(scope.name.clone(), day))
-                    .is_some_and(|spent| *spent >= budget)
+            if limits
+                .usd_per_day
+                .is_some_and(|budget| spent(&counters.daily, name, day) >= budget)
             {
-                return Ok(deny(
-                    Limit::DailySpend,
-                    Duration::from_millis(to_day_end as u64),
-                ));
+                return denied(Limit::DailySpend, Duration::from_millis(to_day_end as u64));
             }
-            if let Some(budget) = limits.usd_per_month
-                && counters
-                    .monthly
-                    .get(&(scope.name.clone(), month))
-                    .is_some_and(|spent| *spent >= budget)
+            if limits
+                .usd_per_month
+                .is_some_and(|budget| spent(&counters.monthly, name, month) >= budget)
             {
-                return Ok(deny(
+                return denied(
                     Limit::MonthlySpend,
                     Duration::from_millis(to_month_end as u64),
-                ));
+                );
             }
         }
         for scope in scopes {
             if let Some(rpm) = scope.limits.requests_per_min {
-                let capacity = rpm as f64;
-                let bucket = counters
-                    .requests
-                    .entry(scope.name.clone())
-                    .or_insert_with(|| full(capacity));
-                *bucket = Bucket {
-                    level: bucket.refilled(capacity, now_ms) - 1.0,
-                    at: now_ms,
-                };
+                take(&mut counters.requests, &scope.name, rpm as f64, 1.0, now_ms);
             }
         }
         Ok(None)
@@ -297,15 +299,13 @@ impl MemoryLimits {
         let ((day, _), (month, _)) = windows(now_ms);
         for scope in scopes {
             if let Some(tpm) = scope.limits.tokens_per_min {
-                let capacity = tpm as f64;
-                let bucket = counters.tokens.entry(scope.name.clone()).or_insert(Bucket {
-                    level: capacity,
-                    at: now_ms,
-                });
-                *bucket = Bucket {
-                    level: bucket.refilled(capacity, now_ms) - tokens as f64,
-                    at: now_ms,
-                };
+                take(
+                    &mut counters.tokens,
+                    &scope.name,
+                    tpm as f64,
+                    tokens as f64,
+                    now_ms,
+                );
             }
             if usd > 0.0 {
                 if scope.limits.usd_per_day.is_some() {

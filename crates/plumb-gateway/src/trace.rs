@@ -93,7 +93,10 @@ impl Default for TraceOptions {
 /// outside traces, such as an upstream's error message).
 pub fn redact_secrets(text: &str) -> String {
     static PATTERNS: std::sync::OnceLock<Vec<Regex>> = std::sync::OnceLock::new();
-    let patterns = PATTERNS.get_or_init(default_redactions);
+    redact_with(PATTERNS.get_or_init(default_redactions), text)
+}
+
+fn redact_with(patterns: &[Regex], text: &str) -> String {
     let mut out = std::borrow::Cow::Borrowed(text);
     for pattern in patterns {
         if pattern.is_match(&out) {
@@ -612,11 +615,6 @@ fn otlp_span(trace: &TraceRecord) -> Value {
         object.insert("parentSpanId".into(), json!(parent));
     }
     span
-}
-
-/// Unix ms now (re-exported for the request path).
-pub(crate) fn now() -> i64 {
-    now_ms()
 }
 
 #[cfg(test)]

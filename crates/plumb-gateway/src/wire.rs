@@ -125,14 +125,22 @@ const KNOWN_FIELDS: [&str; 17] = [
     "top_logprobs",
 ];
 
+/// A request body that must be a JSON object.
+fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, OpenAiError> {
+    match serde_json::from_slice(bytes) {
+        Ok(Value::Object(body)) => Ok(body),
+        Ok(_) => Err(OpenAiError::invalid("the body must be a JSON object", None)),
+        Err(error) => Err(OpenAiError::invalid(
+            format!("invalid JSON body: {error}"),
+            None,
+        )),
+    }
+}
+
 /// Parses a request body. Fields plumb has no name for (`user`, `metadata`, a server's own
 /// options) land in `ChatRequest::extra` and are passed through by OpenAI-style providers.
 pub fn parse_request(bytes: &[u8]) -> Result<CompletionRequest, OpenAiError> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|error| OpenAiError::invalid(format!("invalid JSON body: {error}"), None))?;
-    let Value::Object(body) = value else {
-        return Err(OpenAiError::invalid("the body must be a JSON object", None));
-    };
+    let body = json_object(bytes)?;
     let model = match field(&body, "model") {
         Some(Value::String(model)) if !model.is_empty() => model.clone(),
         Some(_) => {
@@ -344,11 +352,11 @@ fn finish_reason(response: &ChatResponse) -> &'static str {
     response.finish_reason.map(|f| f.as_str()).unwrap_or("stop")
 }
 
-fn usage_json(response: &ChatResponse) -> Value {
+fn usage_json(usage: &Usage) -> Value {
     json!({
-        "prompt_tokens": response.usage.prompt_tokens,
-        "completion_tokens": response.usage.completion_tokens,
-        "total_tokens": response.usage.total(),
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total(),
     })
 }
 
@@ -365,7 +373,7 @@ pub fn completion_json(id: &str, created: u64, model: &str, response: &ChatRespo
             "finish_reason": finish_reason(response),
             "logprobs": null,
         }],
-        "usage": usage_json(response),
+        "usage": usage_json(&response.usage),
     })
 }
 
@@ -395,11 +403,7 @@ pub fn usage_frame(id: &str, created: u64, model: &str, usage: &Usage) -> String
         "created": created,
         "model": model,
         "choices": [],
-        "usage": {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total(),
-        },
+        "usage": usage_json(usage),
     });
     format!("data: {chunk}\n\n")
 }
@@ -454,11 +458,7 @@ pub struct EmbeddingsRequest {
 }
 
 pub fn parse_embeddings(bytes: &[u8]) -> Result<EmbeddingsRequest, OpenAiError> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|error| OpenAiError::invalid(format!("invalid JSON body: {error}"), None))?;
-    let Value::Object(body) = value else {
-        return Err(OpenAiError::invalid("the body must be a JSON object", None));
-    };
+    let body = json_object(bytes)?;
     let model = match field(&body, "model") {
         Some(Value::String(model)) if !model.is_empty() => model.clone(),
         _ => {
@@ -550,11 +550,7 @@ pub struct FeedbackRequest {
 }
 
 pub fn parse_feedback(bytes: &[u8]) -> Result<FeedbackRequest, OpenAiError> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|error| OpenAiError::invalid(format!("invalid JSON body: {error}"), None))?;
-    let Value::Object(body) = value else {
-        return Err(OpenAiError::invalid("the body must be a JSON object", None));
-    };
+    let body = json_object(bytes)?;
     for key in body.keys() {
         if !["trace_id", "score", "label", "comment"].contains(&key.as_str()) {
             return Err(OpenAiError::invalid(

@@ -234,6 +234,16 @@ fn stream_deltas(
     )
 }
 
+/// The `usage` object of an answer or a chunk, when there is one.
+fn parse_usage(value: &Value) -> Option<Usage> {
+    let usage = value.get("usage").filter(|u| !u.is_null())?;
+    let count = |name: &str| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
+    Some(Usage {
+        prompt_tokens: count("prompt_tokens"),
+        completion_tokens: count("completion_tokens"),
+    })
+}
+
 /// One `chat.completion.chunk` (or an error event) as a delta.
 fn parse_chunk(event: &str) -> Result<ChatDelta, ModelError> {
     let value = crate::sse::json_event(event)?;
@@ -244,18 +254,7 @@ fn parse_chunk(event: &str) -> Result<ChatDelta, ModelError> {
             .map(str::to_owned),
         ..ChatDelta::default()
     };
-    if let Some(usage) = value.get("usage").filter(|u| !u.is_null()) {
-        delta.usage = Some(Usage {
-            prompt_tokens: usage
-                .get("prompt_tokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-            completion_tokens: usage
-                .get("completion_tokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-        });
-    }
+    delta.usage = parse_usage(&value);
     if let Some(choice) = value.pointer("/choices/0") {
         if let Some(content) = choice.pointer("/delta/content").and_then(Value::as_str) {
             content.clone_into(&mut delta.content);
@@ -443,19 +442,7 @@ pub(crate) fn parse_response(value: &Value) -> Result<ChatResponse, String> {
             });
         }
     }
-    let usage = value
-        .get("usage")
-        .map(|usage| Usage {
-            prompt_tokens: usage
-                .get("prompt_tokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-            completion_tokens: usage
-                .get("completion_tokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-        })
-        .unwrap_or_default();
+    let usage = parse_usage(value).unwrap_or_default();
     let logprobs = choice
         .pointer("/logprobs/content")
         .and_then(Value::as_array)

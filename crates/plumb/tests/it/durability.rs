@@ -3,14 +3,14 @@
 //! still queued.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::{Project, code, stderr, stdout};
+use super::{Project, code, free_port, stderr, stdout};
 
 /// One HTTP/1.1 request with `Connection: close`; returns the status and the body.
 fn http(port: u16, method: &str, path: &str, key: &str, body: Option<&str>) -> (u16, String) {
@@ -39,34 +39,6 @@ fn http(port: u16, method: &str, path: &str, key: &str, body: Option<&str>) -> (
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `plumb serve` on `port`, returned once it listens.
-fn serve(project: &Project, port: u16) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plumb"))
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-        .current_dir(project.dir.path())
-        .env("PLUMB_DB", project.path(".plumb/plumb.db"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("gateway on") {
-            break;
-        }
-    }
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    child
 }
 
 fn project_with(traces: &str) -> (Project, String) {
@@ -100,7 +72,7 @@ fn exported_ids(project: &Project) -> HashSet<String> {
 fn acknowledged_traces_survive_kill_9() {
     let (project, key) = project_with("{flush_ms: 20}");
     let port = free_port();
-    let mut server = serve(&project, port);
+    let mut server = project.serve(port).detach();
     let stop = Arc::new(AtomicBool::new(false));
     let load: Vec<_> = (0..2)
         .map(|_| {
@@ -147,7 +119,7 @@ fn acknowledged_traces_survive_kill_9() {
         "{} traces for {answered} answers",
         stored.len()
     );
-    let restarted = serve(&project, port);
+    let restarted = project.serve(port).detach();
     let (status, _) = http(port, "POST", "/v1/chat/completions", &key, Some(ASK));
     assert_eq!(status, 200);
     let mut restarted = restarted;
@@ -160,7 +132,7 @@ fn a_graceful_stop_writes_every_queued_trace() {
     // Batches that never fill and never time out: only the shutdown drain writes them.
     let (project, key) = project_with("{flush_ms: 600000, batch: 100000}");
     let port = free_port();
-    let server = serve(&project, port);
+    let server = project.serve(port).detach();
     for _ in 0..40 {
         assert_eq!(
             http(port, "POST", "/v1/chat/completions", &key, Some(ASK)).0,

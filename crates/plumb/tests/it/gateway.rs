@@ -1,10 +1,9 @@
 //! `plumb serve` as a gateway, driven by the official `openai` Python client: a real process,
 //! a real socket, the SDK's own request and SSE parsing.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use super::{Project, code, stderr, stdout};
+use super::{Project, code, free_port, stderr, stdout};
 
 /// The official client, installed by `scripts/test.sh` (its folder is in
 /// `PLUMB_TEST_OPENAI_PYTHONPATH`), or already importable by `python3`.
@@ -95,29 +94,9 @@ fn the_official_openai_client_works_against_plumb_serve() {
     let out = project.plumb(&["keys", "create", "--role", "viewer", "--name", "sdk"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let key = stdout(&out).trim().to_owned();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_plumb"))
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-        .current_dir(project.dir.path())
-        .env("PLUMB_DB", project.path(".plumb/plumb.db"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the "serving" line, which comes after the socket is bound.
-    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
-    let mut banner = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        banner.push_str(&line);
-        banner.push('\n');
-        if line.contains("gateway on") {
-            break;
-        }
-    }
+    let port = free_port();
+    let served = project.serve(port);
+    let (mut server, banner, lines) = (served.child, served.banner, served.stderr);
     assert!(banner.contains("echo-model → echo"), "{banner}");
     let output = python
         .args(["-c", CLIENT, &format!("http://127.0.0.1:{port}/v1"), &key])

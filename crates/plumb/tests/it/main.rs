@@ -12,8 +12,9 @@ mod durability;
 mod gateway;
 mod prompts_as_code;
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
 
 use plumb_test::MockServer;
 
@@ -50,6 +51,59 @@ impl Project {
             .env_remove("OPENAI_API_KEY")
             .output()
             .unwrap()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `plumb serve`: its start-up lines (up to the gateway's, which comes after the
+/// socket is bound) and the rest of its stderr.
+struct Served {
+    child: Child,
+    banner: String,
+    stderr: std::io::Lines<BufReader<ChildStderr>>,
+}
+
+impl Project {
+    /// `plumb serve` on `port` for this project, returned once it listens.
+    fn serve(&self, port: u16) -> Served {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_plumb"))
+            .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+            .current_dir(self.dir.path())
+            .env("PLUMB_DB", self.path(".plumb/plumb.db"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut banner = String::new();
+        for line in stderr.by_ref() {
+            let line = line.unwrap();
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.contains("gateway on") {
+                break;
+            }
+        }
+        Served {
+            child,
+            banner,
+            stderr,
+        }
+    }
+}
+
+impl Served {
+    /// The process, its stderr drained in the background so it never blocks on a full pipe.
+    fn detach(self) -> Child {
+        let stderr = self.stderr;
+        std::thread::spawn(move || for _ in stderr {});
+        self.child
     }
 }
 
