@@ -8,8 +8,10 @@ What it does, in one run:
   2. starts gw-mock on loopback (0 ms, then 20 ms fixed latency), pinned to core 0 with the
      load generator;
   3. starts `plumb serve` (a temp project whose model `mock-gpt` is the mock; traces on, the
-     default: every request is written to SQLite) and LiteLLM's proxy (pip, into a temp venv,
-     pointed at the same mock), both pinned to core 1;
+     default: every request is written to SQLite), LiteLLM's proxy (pip, into a temp venv,
+     pointed at the same mock) and bench/null-proxy (the smallest hyper forwarding proxy: what
+     one more HTTP hop costs on this machine, the floor under any gateway), all pinned to
+     core 1;
   4. finds the highest open-loop rate LiteLLM sustains (< 1 % errors, >= 95 % of the rate);
   5. measures every target at concurrency 1 and open loop at 500 QPS, 2000 QPS and LiteLLM's
      highest rate, interleaved (direct, plumb, litellm, direct, ...);
@@ -33,7 +35,7 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MOCK_PORT, PLUMB_PORT, LITELLM_PORT = 18000, 18080, 14000
+MOCK_PORT, PLUMB_PORT, LITELLM_PORT, NULL_PORT = 18000, 18080, 14000, 18090
 LITELLM_KEY = "sk-bench-1234"
 
 
@@ -59,6 +61,15 @@ def build_harness(harness, target_dir):
     env = dict(os.environ, CARGO_TARGET_DIR=target_dir)
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=harness, env=env, check=True)
     return os.path.join(target_dir, "release")
+
+
+def build_null_proxy(target_dir):
+    source = os.path.join(ROOT, "bench", "null-proxy")
+    log(f"building {source}")
+    env = dict(os.environ, CARGO_TARGET_DIR=target_dir)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--locked"], cwd=source, env=env,
+                   check=True)
+    return os.path.join(target_dir, "release", "null-proxy")
 
 
 def litellm_venv(path):
@@ -174,6 +185,7 @@ def main():
             sys.exit(f"`{tool}` is needed")
     harness = os.path.abspath(args.harness)
     gw_release = build_harness(harness, args.harness_target)
+    null_proxy = build_null_proxy(args.harness_target)
     bench_py = os.path.join(harness, "bench.py")
     litellm = None if args.no_litellm else litellm_venv(args.litellm_venv)
 
@@ -207,10 +219,13 @@ def main():
                       "--delay-ms", str(delay)], "0")
         plumb = start([args.plumb, "serve", "--addr", f"127.0.0.1:{PLUMB_PORT}"], args.gateway_cpus, env=env,
                       cwd=project, logfile=os.path.join(work, f"plumb-{delay}.log"))
+        floor = start([null_proxy, "--listen", f"127.0.0.1:{NULL_PORT}", "--upstream",
+                       f"http://127.0.0.1:{MOCK_PORT}"], args.gateway_cpus)
         proxy = None
         try:
             wait_http(f"http://127.0.0.1:{PLUMB_PORT}/api/v1/health")
             targets = [f"direct=http://127.0.0.1:{MOCK_PORT}/v1,mock-gpt",
+                       f"null=http://127.0.0.1:{NULL_PORT}/v1,mock-gpt,pid={floor.pid}",
                        f"plumb=http://127.0.0.1:{PLUMB_PORT}/v1,mock-gpt,key={key},pid={plumb.pid}"]
             litellm_rate = 0
             if litellm:
@@ -239,6 +254,7 @@ def main():
                 metrics = response.read().decode()
         finally:
             stop(proxy)
+            stop(floor)
             stop(plumb)
             stop(mock)
         # Every answered request has exactly one trace once the queue is drained (the graceful
@@ -258,7 +274,7 @@ def main():
     for delay, records, scenarios, litellm_rate, answered, written, dropped in summary:
         for scenario in scenarios:
             label = "c=1" if scenario == "closed:1" else scenario.replace("open:", "") + " QPS"
-            for target in ("plumb", "litellm"):
+            for target in ("null", "plumb", "litellm"):
                 p50, err = added(records, target, scenario, "p50")
                 if p50 is None:
                     continue
@@ -268,6 +284,12 @@ def main():
                       f"{fmt_us(p999)} | {err:.2f} % |")
         c1, _ = added(records, "plumb", "closed:1", "p99")
         q2000, err2000 = added(records, "plumb", "open:2000", "p99")
+        for scenario, label in (("closed:1", "c=1"), ("open:2000", "2000 QPS")):
+            floor_p99, _ = added(records, "null", scenario, "p99")
+            ours_p99, _ = added(records, "plumb", scenario, "p99")
+            if floor_p99 is not None and ours_p99 is not None:
+                verdicts.append(f"mock {delay} ms, {label}: the null proxy (one bare HTTP hop) adds p99 "
+                                f"{fmt_us(floor_p99)}; plumb adds {fmt_us(ours_p99 - floor_p99)} on top")
         verdicts.append(f"mock {delay} ms: plumb added p99 at c=1 {fmt_us(c1)} (target < 300 µs: "
                         f"{'met' if c1 is not None and c1 < 300 else 'NOT met'}); at 2000 QPS "
                         f"{fmt_us(q2000)} with {err2000 if err2000 is not None else 0:.2f} % errors "

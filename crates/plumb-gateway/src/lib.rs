@@ -175,6 +175,18 @@ pub fn unknown_endpoint() -> OpenAiError {
     )
 }
 
+/// `PREFIX-` and a UUIDv7 (time-ordered, so the store's index on it stays append-mostly).
+/// The random bits come from the thread's fast generator: `Uuid::now_v7` asks the kernel for
+/// them on every call, a system call per request.
+fn request_id(prefix: &str) -> String {
+    let millis = u64::try_from(plumb_core::now_ms()).unwrap_or(0);
+    let random = fastrand::u128(..).to_le_bytes();
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&random[..10]);
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid();
+    format!("{prefix}-{}", id.simple())
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -276,7 +288,7 @@ impl Call {
             })
             .collect();
         Call {
-            request_id: format!("{id_prefix}-{}", uuid::Uuid::now_v7().simple()),
+            request_id: request_id(id_prefix),
             context,
             started: Instant::now(),
             started_at: plumb_core::now_ms(),
@@ -370,7 +382,14 @@ impl Call {
         let Some(tracing) = &gateway.tracing else {
             return;
         };
-        let options = &tracing.tracer.options;
+        // The record (detail JSON, redaction) is built by the writer, off the request path.
+        tracing
+            .tracer
+            .record(Box::new(move |options| self.into_trace(options, latency)));
+    }
+
+    /// The stored record of this request, its strings redacted.
+    fn into_trace(self, options: &TraceOptions, latency: f64) -> TraceRecord {
         let mut detail = json!({
             "attempts": self.attempts,
             "params": self.params,
@@ -404,7 +423,7 @@ impl Call {
             }
         }
         options.redact_value(&mut detail);
-        tracing.tracer.record(TraceRecord {
+        TraceRecord {
             seq: 0,
             trace_id: self.context.trace_id,
             span_id: self.context.span_id,
@@ -427,7 +446,7 @@ impl Call {
             latency_ms: latency * 1000.0,
             ttft_ms: self.ttft_ms,
             detail,
-        });
+        }
     }
 }
 
@@ -975,4 +994,31 @@ fn internal_error() -> OpenAiError {
         None,
         "internal error; the server log has the details",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_prefixed_uuid_v7() {
+        let before = plumb_core::now_ms();
+        let id = request_id("chatcmpl");
+        let uuid = id
+            .strip_prefix("chatcmpl-")
+            .and_then(|hex| uuid::Uuid::try_parse(hex).ok());
+        let Some(uuid) = uuid else {
+            panic!("not chatcmpl-UUID: {id}");
+        };
+        assert_eq!(uuid.get_version_num(), 7, "{id}");
+        let millis = uuid
+            .get_timestamp()
+            .map(|t| t.to_unix())
+            .map(|(s, n)| i64::try_from(s).unwrap_or(0) * 1000 + i64::from(n / 1_000_000));
+        assert!(
+            millis.is_some_and(|ms| ms >= before && ms <= plumb_core::now_ms()),
+            "{id}"
+        );
+        assert_ne!(request_id("chatcmpl"), request_id("chatcmpl"));
+    }
 }

@@ -20,7 +20,7 @@ const RESPOND_TOOL: &str = "respond";
 pub(crate) struct AnthropicModel {
     id: String,
     model: String,
-    url: String,
+    url: reqwest::Url,
     api_key_env: String,
     api_key: Option<String>,
     headers: Vec<(String, String)>,
@@ -47,6 +47,7 @@ impl AnthropicModel {
         } else {
             format!("{base}/v1/messages")
         };
+        let url = http::endpoint(id, &url)?;
         let api_key_env = options
             .api_key_env
             .clone()
@@ -111,7 +112,7 @@ impl AnthropicModel {
         let response = http::post(&self.json_request(&headers, &body)).await?;
         Ok(crate::sse::deltas(
             response,
-            self.url.clone(),
+            self.url.to_string(),
             AnthropicEvents {
                 structured: request.params.response_format.is_some(),
                 input_tokens: 0,
@@ -163,7 +164,7 @@ impl ChatModel for AnthropicModel {
 
     fn preflight(&self) -> Result<(), ModelError> {
         match self.api_key {
-            Some(_) => http::check_reachable(&self.url),
+            Some(_) => http::check_reachable(self.url.as_str()),
             None => Err(self.missing_key()),
         }
     }

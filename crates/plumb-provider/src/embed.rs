@@ -35,14 +35,14 @@ pub fn build_embedder(
             if key.is_none() {
                 return Err(ModelError::config(format!("embedder `{id}` needs an API key in `{key_env}`")));
             }
-            Ok(Arc::new(HttpEmbedder::new(id, rest, &base, key, options)))
+            Ok(Arc::new(HttpEmbedder::new(id, rest, &base, key, options)?))
         }
         "openai-compatible" => {
             let Some((base, model)) = rest.rsplit_once('#') else {
                 return Err(ModelError::config(format!("embedder `{id}` names no model"))
                     .with_hint("write `openai-compatible:<base-url>#<model>`"));
             };
-            Ok(Arc::new(HttpEmbedder::new(id, model, base, options.api_key.clone(), options)))
+            Ok(Arc::new(HttpEmbedder::new(id, model, base, options.api_key.clone(), options)?))
         }
         "local" => build_local(id, rest, ctx),
         _ => Err(ModelError::config(format!("unknown embedder `{id}`")).with_hint(format!(
@@ -98,7 +98,7 @@ fn build_local(
 struct HttpEmbedder {
     id: String,
     model: String,
-    url: String,
+    url: reqwest::Url,
     key: Option<String>,
     timeout: std::time::Duration,
     max_retries: u32,
@@ -111,15 +111,15 @@ impl HttpEmbedder {
         base: &str,
         key: Option<String>,
         options: &ProviderOptions,
-    ) -> HttpEmbedder {
-        HttpEmbedder {
+    ) -> Result<HttpEmbedder, ModelError> {
+        Ok(HttpEmbedder {
             id: id.to_owned(),
             model: model.to_owned(),
-            url: format!("{}/embeddings", base.trim_end_matches('/')),
+            url: http::endpoint(id, &format!("{}/embeddings", base.trim_end_matches('/')))?,
             key,
             timeout: crate::timeout(options),
             max_retries: options.max_retries.unwrap_or(http::DEFAULT_MAX_RETRIES),
-        }
+        })
     }
 
     async fn call(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {

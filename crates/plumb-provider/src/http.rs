@@ -12,6 +12,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const BASE_BACKOFF: Duration = Duration::from_millis(500);
 pub(crate) const DEFAULT_MAX_RETRIES: u32 = 4;
 
+/// Parses a provider's endpoint once, when the provider is built: reqwest would otherwise
+/// parse the URL string (IDNA included) on every request.
+pub(crate) fn endpoint(id: &str, url: &str) -> Result<reqwest::Url, ModelError> {
+    reqwest::Url::parse(url).map_err(|error| {
+        ModelError::config(format!(
+            "provider `{id}`: `{url}` is not a valid URL: {error}"
+        ))
+        .with_hint("for example `http://127.0.0.1:8080/v1`")
+    })
+}
+
 /// One shared client per process: connection pools are per client.
 pub(crate) fn client() -> Result<reqwest::Client, ModelError> {
     static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
@@ -36,7 +47,7 @@ pub(crate) fn client() -> Result<reqwest::Client, ModelError> {
 }
 
 pub(crate) struct JsonRequest<'a> {
-    pub url: &'a str,
+    pub url: &'a reqwest::Url,
     pub headers: &'a [(String, String)],
     pub body: &'a Value,
     pub timeout: Duration,
@@ -51,7 +62,7 @@ pub(crate) async fn post_json(request: JsonRequest<'_>) -> Result<Value, ModelEr
     let bytes = response
         .bytes()
         .await
-        .map_err(|error| transport_error(&error, request.url))?;
+        .map_err(|error| transport_error(&error, request.url.as_str()))?;
     serde_json::from_slice(&bytes).map_err(|error| {
         ModelError::new(
             ModelErrorKind::Protocol,
@@ -83,7 +94,7 @@ async fn send_once(
     request: &JsonRequest<'_>,
 ) -> Result<reqwest::Response, ModelError> {
     let mut builder = client
-        .post(request.url)
+        .post(request.url.clone())
         .timeout(request.timeout)
         .json(request.body);
     for (name, value) in request.headers {
@@ -92,7 +103,7 @@ async fn send_once(
     let response = builder
         .send()
         .await
-        .map_err(|error| transport_error(&error, request.url))?;
+        .map_err(|error| transport_error(&error, request.url.as_str()))?;
     let status = response.status().as_u16();
     if (200..300).contains(&status) {
         return Ok(response);
@@ -101,7 +112,7 @@ async fn send_once(
     let bytes = response
         .bytes()
         .await
-        .map_err(|error| transport_error(&error, request.url))?;
+        .map_err(|error| transport_error(&error, request.url.as_str()))?;
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let detail = (request.error_message)(&body)
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned());
@@ -211,6 +222,24 @@ pub(crate) fn api_key(env_name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_are_parsed_when_the_provider_is_built() {
+        let url = endpoint(
+            "openai-compatible:x",
+            "http://127.0.0.1:9/v1/chat/completions",
+        );
+        assert_eq!(
+            url.map(|u| u.to_string()).ok().as_deref(),
+            Some("http://127.0.0.1:9/v1/chat/completions")
+        );
+        let error = endpoint("openai-compatible:x", "http://[::1/v1").err();
+        let message = error.map(|e| e.message).unwrap_or_default();
+        assert!(
+            message.contains("`http://[::1/v1` is not a valid URL"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn backoff_honours_retry_after_and_caps() {

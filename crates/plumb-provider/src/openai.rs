@@ -22,7 +22,7 @@ pub(crate) struct OpenAiModel {
     id: String,
     model: String,
     flavor: Flavor,
-    url: String,
+    url: reqwest::Url,
     api_key_env: String,
     api_key: Option<String>,
     headers: Vec<(String, String)>,
@@ -55,7 +55,10 @@ impl OpenAiModel {
             .api_key_env
             .clone()
             .unwrap_or_else(|| "OPENAI_API_KEY".to_owned());
-        let url = format!("{}/chat/completions", base.trim_end_matches('/'));
+        let url = http::endpoint(
+            id,
+            &format!("{}/chat/completions", base.trim_end_matches('/')),
+        )?;
         Ok(OpenAiModel {
             id: id.to_owned(),
             model: model.to_owned(),
@@ -146,7 +149,7 @@ impl OpenAiModel {
             tokens::estimate_usage(&self.model, &request.messages, "").prompt_tokens;
         Ok(stream_deltas(
             response,
-            self.url.clone(),
+            self.url.to_string(),
             self.model.clone(),
             prompt_estimate,
         ))
@@ -327,7 +330,7 @@ impl ChatModel for OpenAiModel {
         if self.flavor == Flavor::OpenAi && self.api_key.is_none() {
             return Err(self.missing_key());
         }
-        http::check_reachable(&self.url)
+        http::check_reachable(self.url.as_str())
     }
 }
 
