@@ -176,15 +176,8 @@ pub fn unknown_endpoint() -> OpenAiError {
 }
 
 /// `PREFIX-` and a UUIDv7 (time-ordered, so the store's index on it stays append-mostly).
-/// The random bits come from the thread's fast generator: `Uuid::now_v7` asks the kernel for
-/// them on every call, a system call per request.
 fn request_id(prefix: &str) -> String {
-    let millis = u64::try_from(plumb_core::now_ms()).unwrap_or(0);
-    let random = fastrand::u128(..).to_le_bytes();
-    let mut bytes = [0u8; 10];
-    bytes.copy_from_slice(&random[..10]);
-    let id = uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid();
-    format!("{prefix}-{}", id.simple())
+    format!("{prefix}-{}", trace::fast_uuid_v7().simple())
 }
 
 fn now_secs() -> u64 {

@@ -456,14 +456,24 @@ fn parse_traceparent(header: &str) -> Option<(String, String, u8)> {
     Some((trace_id.to_owned(), parent.to_owned(), flags))
 }
 
-/// A new trace id: the Unix time in milliseconds (12 hex digits), then 20 random ones, as a
-/// UUIDv7 is laid out. W3C allows any id that is not all zeros (only the `random` flag, which
-/// plumb does not set, promises random leading bytes); time-ordered ids keep the store's
-/// unique index on `trace_id` appending at its end instead of touching a random page per trace,
-/// which made each trace cost several page writes.
+/// A UUIDv7 (Unix milliseconds, then random bits) whose random bits come from the thread's
+/// fast generator: `Uuid::now_v7` asks the kernel for them on every call, a system call per
+/// request.
+pub(crate) fn fast_uuid_v7() -> uuid::Uuid {
+    let millis = u64::try_from(plumb_core::now_ms()).unwrap_or(0);
+    let random = fastrand::u128(..).to_le_bytes();
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&random[..10]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid()
+}
+
+/// A new trace id: a UUIDv7's 32 hex digits, so the Unix time in milliseconds leads. W3C allows
+/// any id that is not all zeros (only the `random` flag, which plumb does not set, promises
+/// random leading bytes); time-ordered ids keep the store's unique index on `trace_id`
+/// appending at its end instead of touching a random page per trace, which made each trace
+/// cost several page writes.
 fn new_trace_id() -> String {
-    let millis = u64::try_from(plumb_core::now_ms()).unwrap_or(0) & 0xffff_ffff_ffff;
-    format!("{millis:012x}{}", random_hex(10))
+    fast_uuid_v7().simple().to_string()
 }
 
 /// `bytes` random bytes as lower-case hex, never all zeros (W3C forbids all-zero ids). From

@@ -164,7 +164,7 @@ impl ChatModel for AnthropicModel {
 
     fn preflight(&self) -> Result<(), ModelError> {
         match self.api_key {
-            Some(_) => http::check_reachable(self.url.as_str()),
+            Some(_) => http::check_reachable(&self.url),
             None => Err(self.missing_key()),
         }
     }

@@ -176,17 +176,16 @@ pub(crate) fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
 
 /// Checks that something listens at `url`'s host and port (DNS + TCP connect, no request),
 /// so a wrong base URL is reported once before a run instead of as every case failing.
-pub(crate) fn check_reachable(url: &str) -> Result<(), ModelError> {
+pub(crate) fn check_reachable(url: &reqwest::Url) -> Result<(), ModelError> {
     use std::net::{TcpStream, ToSocketAddrs};
     let unreachable = |detail: String| {
         ModelError::config(format!("cannot reach {url}: {detail}"))
             .with_hint("check the base URL (`apiBaseUrl`) and that the server is running")
     };
-    let parsed = reqwest::Url::parse(url).map_err(|error| unreachable(error.to_string()))?;
-    let host = parsed
+    let host = url
         .host_str()
         .ok_or_else(|| unreachable("no host".to_owned()))?;
-    let port = parsed
+    let port = url
         .port_or_known_default()
         .ok_or_else(|| unreachable("no port".to_owned()))?;
     let addresses: Vec<_> = (host, port)

@@ -330,7 +330,7 @@ impl ChatModel for OpenAiModel {
         if self.flavor == Flavor::OpenAi && self.api_key.is_none() {
             return Err(self.missing_key());
         }
-        http::check_reachable(self.url.as_str())
+        http::check_reachable(&self.url)
     }
 }
 
