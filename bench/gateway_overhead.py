@@ -101,7 +101,7 @@ def stop(process):
 
 
 def run_bench(bench_py, gw_release, args, targets, scenarios, out, mock_pid, skip=()):
-    cmd = [sys.executable, bench_py, "run", "--mock-pid", str(mock_pid), "--load-cpus", "0",
+    cmd = [sys.executable, bench_py, "run", "--mock-pid", str(mock_pid), "--load-cpus", args.harness_cpus,
            "--reps", str(args.reps), "--duration", str(args.duration),
            "--c1-duration", str(args.duration), "--warmup", "2", "--cooldown", "1",
            "--gw-load", os.path.join(gw_release, "gw-load"),
@@ -116,7 +116,7 @@ def run_bench(bench_py, gw_release, args, targets, scenarios, out, mock_pid, ski
 def max_rate(bench_py, gw_release, args, target, out, mock_pid):
     # This machine's open-loop generator shows ~1-2 ms dispatch lag at low rates; the default
     # 1 ms limit would mark most probes invalid, and the lag does not decide pass/fail.
-    cmd = [sys.executable, bench_py, "maxrate", "--mock-pid", str(mock_pid), "--load-cpus", "0",
+    cmd = [sys.executable, bench_py, "maxrate", "--mock-pid", str(mock_pid), "--load-cpus", args.harness_cpus,
            "--reps", "1", "--duration", str(args.duration), "--warmup", "2", "--cooldown", "1",
            "--gw-load", os.path.join(gw_release, "gw-load"), "--rates", args.litellm_rates,
            "--lag-limit-us", "5000", "--out", out, "--target", target]
@@ -175,8 +175,9 @@ def main():
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--delays", default="0,20", help="mock latencies in ms")
     parser.add_argument("--litellm-rates", default="50,100,200,300,500,700,1000")
-    parser.add_argument("--gateway-cpus", default="1",
-                        help="cores for the gateways (the mock and the load run on core 0)")
+    parser.add_argument("--gateway-cpus", default="1", help="cores for the gateways")
+    parser.add_argument("--harness-cpus", default="0",
+                        help="cores for the mock and the load generator")
     args = parser.parse_args()
     if not os.path.exists(args.plumb):
         sys.exit(f"{args.plumb} not found: run `cargo build --release` first")
@@ -216,7 +217,7 @@ def main():
                              cwd=project, env=env, check=True, capture_output=True,
                              text=True).stdout.strip()
         mock = start([os.path.join(gw_release, "gw-mock"), "--listen", f"127.0.0.1:{MOCK_PORT}",
-                      "--delay-ms", str(delay)], "0")
+                      "--delay-ms", str(delay)], args.harness_cpus)
         plumb = start([args.plumb, "serve", "--addr", f"127.0.0.1:{PLUMB_PORT}"], args.gateway_cpus, env=env,
                       cwd=project, logfile=os.path.join(work, f"plumb-{delay}.log"))
         floor = start([null_proxy, "--listen", f"127.0.0.1:{NULL_PORT}", "--upstream",
