@@ -10,7 +10,10 @@ use plumb_prompt::template;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::judge::{FactualityScores, JudgeInfo, JudgePrompt, Judgements};
 use crate::metrics;
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -36,9 +39,13 @@ pub enum AssertionType {
     FinishReason,
     Similar,
     AssertSet,
+    LlmRubric,
+    GEval,
+    ModelGradedClosedqa,
+    Factuality,
 }
 
-const SUPPORTED: [(&str, AssertionType); 21] = [
+const SUPPORTED: [(&str, AssertionType); 26] = [
     ("equals", AssertionType::Equals),
     ("contains", AssertionType::Contains),
     ("icontains", AssertionType::Icontains),
@@ -63,17 +70,16 @@ const SUPPORTED: [(&str, AssertionType); 21] = [
     ("finish-reason", AssertionType::FinishReason),
     ("similar", AssertionType::Similar),
     ("assert-set", AssertionType::AssertSet),
+    ("llm-rubric", AssertionType::LlmRubric),
+    ("g-eval", AssertionType::GEval),
+    ("model-graded-closedqa", AssertionType::ModelGradedClosedqa),
+    ("factuality", AssertionType::Factuality),
+    ("model-graded-factuality", AssertionType::Factuality),
 ];
 
 /// promptfoo types plumb knows of but does not run yet: named so the error says "not supported"
 /// rather than "unknown", and never silently skipped.
-const NOT_YET: [&str; 34] = [
-    "similar",
-    "llm-rubric",
-    "g-eval",
-    "model-graded-closedqa",
-    "factuality",
-    "model-graded-factuality",
+const NOT_YET: [&str; 28] = [
     "answer-relevance",
     "context-faithfulness",
     "context-recall",
@@ -111,6 +117,15 @@ impl AssertionType {
             .find(|(_, t)| *t == self)
             .map(|(n, _)| *n)
             .unwrap_or("unknown")
+    }
+
+    /// Graded by a model (a judge call per case), not by code.
+    pub fn is_judged(self) -> bool {
+        use AssertionType as T;
+        matches!(
+            self,
+            T::LlmRubric | T::GEval | T::ModelGradedClosedqa | T::Factuality
+        )
     }
 
     pub fn supported_names() -> impl Iterator<Item = &'static str> {
@@ -167,6 +182,17 @@ pub struct Assertion {
     pub children: Vec<Assertion>,
     /// The embedder of `similar` (an embedder id); `None` means the default local one.
     pub provider: Option<String>,
+    /// Unique in the process: the key of this assertion's verdict in `Judgements`.
+    pub id: u64,
+    /// Judged assertions: the grader (the assertion's or the test's `provider`); `None` means
+    /// the run's default grader.
+    pub grader: Option<Arc<crate::suite::ProviderSpec>>,
+    /// Where the assertion is written, for errors found after it was resolved.
+    pub location: Option<plumb_core::SourceError>,
+    /// Judged assertions: `rubricPrompt`, replacing the built-in judge prompt.
+    pub rubric_prompt: Option<JudgePrompt>,
+    /// `factuality`: the score of each category.
+    pub factuality: Option<FactualityScores>,
     /// Precompiled when the pattern has no template syntax.
     regex: Option<Arc<regex::Regex>>,
     /// Precompiled JSON Schema (is-json / contains-json) when it has no template syntax.
@@ -185,6 +211,8 @@ pub struct Output<'a> {
     pub tools: &'a [Value],
     /// Embeddings computed for this case's `similar` assertions.
     pub embeddings: &'a Embeddings,
+    /// Verdicts of this case's judged assertions, asked before evaluation.
+    pub judgements: &'a Judgements,
 }
 
 /// Unit vectors by (embedder id, text), computed before assertions run (embedding is async,
@@ -204,6 +232,13 @@ pub struct AssertionResult {
     pub weight: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
+    /// Nothing was measured (a judge error, nothing to score): `pass` and `score` mean nothing
+    /// and `reason` says why. Never counted as a pass or a fail.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unmeasured: bool,
+    /// Judged assertions: the grader, its prompt's hash, parameters and cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeInfo>,
 }
 
 impl Assertion {
@@ -235,6 +270,11 @@ impl Assertion {
             metric,
             children,
             provider: None,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            grader: None,
+            location: None,
+            rubric_prompt: None,
+            factuality: None,
             regex: None,
             schema: None,
         };
@@ -342,13 +382,48 @@ impl Assertion {
                     return Err(("`assert-set` needs a non-empty `assert` list".into(), None));
                 }
             }
+            T::LlmRubric | T::ModelGradedClosedqa | T::Factuality | T::GEval => {
+                let what = match self.kind {
+                    T::LlmRubric => "the rubric",
+                    T::ModelGradedClosedqa => "the criterion the output must meet",
+                    T::Factuality => "the reference answer",
+                    _ => "the criterion (or a list of them)",
+                };
+                match &self.value {
+                    Some(Value::String(text)) if !text.trim().is_empty() => {}
+                    Some(Value::Array(items))
+                        if self.kind == T::GEval
+                            && !items.is_empty()
+                            && items.iter().all(Value::is_string) => {}
+                    _ => return need(what),
+                }
+                if let Some(threshold) = self.threshold
+                    && !(0.0..=1.0).contains(&threshold)
+                {
+                    return Err((
+                        format!("`{label}`: threshold must be in [0, 1], got {threshold}"),
+                        None,
+                    ));
+                }
+            }
         }
         Ok(())
     }
 
+    /// A judged assertion's `value`, rendered with the test's vars.
+    pub fn rendered_judge_value(&self, vars: &Map<String, Value>) -> Result<Value, String> {
+        self.rendered_value(vars)
+    }
+
     pub fn evaluate(&self, output: &Output<'_>, vars: &Map<String, Value>) -> AssertionResult {
+        if self.kind.is_judged() {
+            return self.evaluate_judged(output);
+        }
         let (pass, score, reason) = match self.kind {
-            AssertionType::AssertSet => self.evaluate_set(output, vars),
+            AssertionType::AssertSet => match self.evaluate_set(output, vars) {
+                Ok(outcome) => outcome,
+                Err(reason) => return self.unmeasured(reason, None),
+            },
             _ => match self.evaluate_inner(output, vars) {
                 Ok(outcome) => outcome,
                 Err(reason) => (false, 0.0, reason),
@@ -370,19 +445,71 @@ impl Assertion {
             reason,
             weight: self.weight,
             metric: self.metric.clone(),
+            unmeasured: false,
+            judge: None,
         }
     }
 
-    fn evaluate_set(&self, output: &Output<'_>, vars: &Map<String, Value>) -> (bool, f64, String) {
+    fn unmeasured(&self, reason: String, judge: Option<JudgeInfo>) -> AssertionResult {
+        AssertionResult {
+            label: self.label.clone(),
+            pass: false,
+            score: 0.0,
+            reason,
+            weight: self.weight,
+            metric: self.metric.clone(),
+            unmeasured: true,
+            judge,
+        }
+    }
+
+    fn evaluate_judged(&self, output: &Output<'_>) -> AssertionResult {
+        let verdict = match output.judgements.get(&self.id) {
+            Some(Ok(verdict)) => verdict.clone(),
+            Some(Err(reason)) => return self.unmeasured(reason.clone(), None),
+            None => return self.unmeasured("internal: the judge was not asked".into(), None),
+        };
+        let (pass, score, reason) = if self.negate {
+            (
+                !verdict.pass,
+                1.0 - verdict.score,
+                format!("expected the opposite: {}", verdict.reason),
+            )
+        } else {
+            (verdict.pass, verdict.score, verdict.reason)
+        };
+        AssertionResult {
+            label: self.label.clone(),
+            pass,
+            score,
+            reason,
+            weight: self.weight,
+            metric: self.metric.clone(),
+            unmeasured: false,
+            judge: Some(verdict.judge),
+        }
+    }
+
+    /// `Err` is why the set is unmeasured (a child could not be measured and the others do
+    /// not decide the set).
+    fn evaluate_set(
+        &self,
+        output: &Output<'_>,
+        vars: &Map<String, Value>,
+    ) -> Result<(bool, f64, String), String> {
         let results: Vec<AssertionResult> = self
             .children
             .iter()
             .map(|c| c.evaluate(output, vars))
             .collect();
-        let (score, all_pass) = combine(&results);
-        let pass = match self.threshold {
-            Some(threshold) => score >= threshold,
-            None => all_pass,
+        let (score, pass) = verdict(&results, self.threshold);
+        let Some(pass) = pass else {
+            let reasons: Vec<String> = results
+                .iter()
+                .filter(|r| r.unmeasured)
+                .map(|r| format!("`{}`: {}", r.label, r.reason))
+                .collect();
+            return Err(reasons.join("; "));
         };
         let failed: Vec<&str> = results
             .iter()
@@ -399,7 +526,7 @@ impl Assertion {
                 failed.join("; ")
             )
         };
-        (pass, score, reason)
+        Ok((pass, score, reason))
     }
 
     fn rendered_value(&self, vars: &Map<String, Value>) -> Result<Value, String> {
@@ -681,6 +808,9 @@ impl Assertion {
                 ))
             }
             T::AssertSet => Err("internal: assert-set evaluated as a leaf".into()),
+            T::LlmRubric | T::GEval | T::ModelGradedClosedqa | T::Factuality => {
+                Err("internal: a judged assertion evaluated as code".into())
+            }
         }
     }
 
@@ -730,6 +860,45 @@ impl Assertion {
             }
         }
     }
+}
+
+/// A case's (or set's) score and three-valued pass: the weighted mean over measured results,
+/// and `None` when unmeasured results leave the outcome open. Without a threshold every
+/// weighted assertion must pass, so one measured failure fails it whatever the rest; with a
+/// threshold it is decided when the unmeasured ones could not change it (all of them at 0
+/// still reach it, or all at 1 still miss it).
+pub fn verdict(results: &[AssertionResult], threshold: Option<f64>) -> (f64, Option<bool>) {
+    let measured: Vec<AssertionResult> =
+        results.iter().filter(|r| !r.unmeasured).cloned().collect();
+    let (score, all_pass) = combine(&measured);
+    let open: f64 = results
+        .iter()
+        .filter(|r| r.unmeasured)
+        .map(|r| r.weight)
+        .sum();
+    if open == 0.0 {
+        let pass = match threshold {
+            Some(threshold) => score >= threshold,
+            None => all_pass,
+        };
+        return (score, Some(pass));
+    }
+    let pass = match threshold {
+        None => (!all_pass).then_some(false),
+        Some(threshold) => {
+            let total: f64 = results.iter().map(|r| r.weight).sum();
+            let known: f64 = measured.iter().map(|r| r.weight * r.score).sum();
+            let (low, high) = (known / total, (known + open) / total);
+            if low >= threshold {
+                Some(true)
+            } else if high < threshold {
+                Some(false)
+            } else {
+                None
+            }
+        }
+    };
+    (score, pass)
 }
 
 /// (weighted mean score, whether every weighted assertion passed). Weight-0 assertions are
@@ -938,6 +1107,8 @@ mod tests {
 
     fn output(text: &str) -> Output<'_> {
         static NONE: std::sync::LazyLock<Embeddings> = std::sync::LazyLock::new(Embeddings::new);
+        static NO_VERDICTS: std::sync::LazyLock<Judgements> =
+            std::sync::LazyLock::new(Judgements::new);
         Output {
             text,
             tool_calls: &[],
@@ -946,6 +1117,7 @@ mod tests {
             cost: 0.001,
             tools: &[],
             embeddings: &NONE,
+            judgements: &NO_VERDICTS,
         }
     }
 
@@ -1109,6 +1281,8 @@ mod tests {
                 reason: String::new(),
                 weight: 1.0,
                 metric: None,
+                unmeasured: false,
+                judge: None,
             },
             AssertionResult {
                 label: "b".into(),
@@ -1117,6 +1291,8 @@ mod tests {
                 reason: String::new(),
                 weight: 0.0,
                 metric: None,
+                unmeasured: false,
+                judge: None,
             },
         ];
         assert_eq!(combine(&results), (1.0, true));
@@ -1202,8 +1378,13 @@ mod tests {
         assert_eq!(a.kind, AssertionType::Equals);
         let a = parse_expected_shorthand("not-contains-any:a,b").unwrap();
         assert_eq!(a.value, Some(json!(["a", "b"])));
+        let a = parse_expected_shorthand("grade:is polite").unwrap();
+        assert_eq!(
+            (a.kind, a.value),
+            (AssertionType::LlmRubric, Some(json!("is polite")))
+        );
         assert!(
-            parse_expected_shorthand("grade:is polite")
+            parse_expected_shorthand("python:file://x.py")
                 .unwrap_err()
                 .0
                 .contains("not supported yet")

@@ -78,7 +78,7 @@ pub(crate) struct RawMessage {
     pub content: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawProviderObject {
     pub id: Spanned<String>,
@@ -110,6 +110,15 @@ pub(crate) struct RawTest {
 pub(crate) struct RawTestOptions {
     #[serde(default, rename = "disableVarExpansion")]
     pub disable_var_expansion: Option<bool>,
+    /// The grader of the test's judged assertions (promptfoo's grading provider).
+    #[serde(default)]
+    pub provider: Option<RawProvider>,
+    /// Replaces the built-in judge prompt of the test's judged assertions.
+    #[serde(default, rename = "rubricPrompt")]
+    pub rubric_prompt: Option<Value>,
+    /// `factuality` category scores: subset, superset, agree, disagree, differButFactual.
+    #[serde(default)]
+    pub factuality: Option<Value>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -127,9 +136,13 @@ pub(crate) struct RawAssertion {
     pub metric: Option<String>,
     #[serde(default)]
     pub config: Option<Value>,
-    /// The embedder of `similar` (promptfoo's grading `provider`).
+    /// The embedder of `similar`, or the grader of a judged assertion (promptfoo's grading
+    /// `provider`): an id, or `{id, config}`.
     #[serde(default)]
-    pub provider: Option<String>,
+    pub provider: Option<RawProvider>,
+    /// Replaces the built-in judge prompt of a judged assertion.
+    #[serde(default, rename = "rubricPrompt")]
+    pub rubric_prompt: Option<Value>,
     /// The children of an `assert-set`.
     #[serde(default)]
     pub assert: Option<Vec<RawAssertion>>,

@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 
 use crate::assertion::{self, AssertionResult, Embeddings, Output};
+use crate::judge::{Graders, JudgeContext, StepsMemo, Subject};
 use crate::suite::{RegistryVersion, Suite, render_messages};
 
 /// Results are written in one transaction per batch of this many, or sooner (`FLUSH_EVERY`).
@@ -194,6 +195,9 @@ pub struct Backends {
     pub models: Vec<Arc<dyn ChatModel>>,
     /// By embedder id, for every id `Suite::embedders` names.
     pub embedders: HashMap<String, Arc<dyn Embedder>>,
+    /// The graders of judged assertions, by `Suite::graders` key. A grader that could not be
+    /// built is an `Err`: its assertions are unmeasured with that reason.
+    pub graders: Graders,
 }
 
 impl Backends {
@@ -201,7 +205,79 @@ impl Backends {
         Backends {
             models,
             embedders: HashMap::new(),
+            graders: Graders::default(),
         }
+    }
+}
+
+/// Model calls through the run's response cache (judges' calls too).
+#[derive(Clone)]
+pub struct Caller {
+    pub store: Arc<dyn Store>,
+    pub cache: CacheMode,
+    /// With repeats, each repeat gets its own cache entries (repeats measure variation).
+    pub repeat: Option<u32>,
+}
+
+impl Caller {
+    fn key(&self, model: &dyn ChatModel, request: &ChatRequest, salt: &str) -> String {
+        let mut material = model.cache_identity();
+        material.push('\n');
+        material.push_str(&serde_json::to_string(request).unwrap_or_default());
+        if let Some(repeat) = self.repeat {
+            material.push_str(&format!("\nrepeat={repeat}"));
+        }
+        if !salt.is_empty() {
+            material.push('\n');
+            material.push_str(salt);
+        }
+        hash_hex(material.as_bytes())
+    }
+
+    /// (response, latency in ms, whether it came from the cache).
+    pub async fn call(
+        &self,
+        model: &Arc<dyn ChatModel>,
+        request: &ChatRequest,
+        salt: &str,
+    ) -> Result<(ChatResponse, f64, bool), ModelError> {
+        let use_cache = self.cache != CacheMode::Off && model.cacheable();
+        let key = use_cache.then(|| self.key(model.as_ref(), request, salt));
+        if let Some(key) = &key {
+            let store = self.store.clone();
+            let lookup_key = key.clone();
+            let hit = tokio::task::spawn_blocking(move || store.cache_get(&lookup_key))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .and_then(|text| serde_json::from_str::<CachedAnswer>(&text).ok());
+            if let Some(hit) = hit {
+                return Ok((hit.response, hit.latency_ms, true));
+            }
+            if self.cache == CacheMode::ReadOnly {
+                return Err(ModelError::new(
+                    ModelErrorKind::CacheMiss,
+                    "no recorded answer for this request (cache is read-only)",
+                )
+                .with_hint("run once with `--cache read-write` (and the API key) to record it"));
+            }
+        }
+        let started = Instant::now();
+        let response = model.chat(request).await?;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        if let Some(key) = key {
+            let answer = CachedAnswer {
+                response: response.clone(),
+                latency_ms,
+            };
+            if let Ok(text) = serde_json::to_string(&answer) {
+                let store = self.store.clone();
+                // A failed cache write costs a future call, never this result.
+                let _ = tokio::task::spawn_blocking(move || store.cache_put(&key, &text)).await;
+            }
+        }
+        Ok((response, latency_ms, false))
     }
 }
 
@@ -216,7 +292,13 @@ pub async fn run(
     observer: Arc<dyn Observer>,
     cancel: Arc<AtomicBool>,
 ) -> Result<RunOutcome, RunError> {
-    let Backends { models, embedders } = backends;
+    let Backends {
+        models,
+        embedders,
+        graders,
+    } = backends;
+    let graders = Arc::new(graders);
+    let steps = Arc::new(StepsMemo::default());
     if models.len() != suite.providers.len() {
         return Err(RunError::Internal("one model per provider expected".into()));
     }
@@ -321,6 +403,8 @@ pub async fn run(
                         cache: options.cache,
                         key,
                         repeats: repeat,
+                        graders: graders.clone(),
+                        steps: steps.clone(),
                     };
                     let sender = sender.clone();
                     let fatal = fatal.clone();
@@ -382,9 +466,19 @@ struct Job {
     cache: CacheMode,
     key: CaseKey,
     repeats: u32,
+    graders: Arc<Graders>,
+    steps: Arc<StepsMemo>,
 }
 
 impl Job {
+    fn caller(&self) -> Caller {
+        Caller {
+            store: self.store.clone(),
+            cache: self.cache,
+            repeat: (self.repeats > 1).then_some(self.key.repeat_idx),
+        }
+    }
+
     async fn run(self) -> Result<CaseResult, RunError> {
         let suite = &self.suite;
         let prompt = &suite.prompts[self.key.prompt_idx as usize];
@@ -463,6 +557,24 @@ impl Job {
                         return Ok(result);
                     }
                 };
+                let judges = JudgeContext {
+                    graders: self.graders.clone(),
+                    caller: self.caller(),
+                    steps: self.steps.clone(),
+                };
+                let input = request
+                    .messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == plumb_core::Role::User)
+                    .map(|m| m.content.as_str())
+                    .unwrap_or("");
+                let subject = Subject {
+                    output: &response.content,
+                    input,
+                    vars: &test.vars,
+                };
+                let judgements = judges.judge_all(&test.asserts, &subject).await;
                 let output = Output {
                     text: &response.content,
                     tool_calls: &response.tool_calls,
@@ -471,17 +583,23 @@ impl Job {
                     cost,
                     tools: &request.params.tools,
                     embeddings: &embeddings,
+                    judgements: &judgements,
                 };
                 let results: Vec<AssertionResult> = test
                     .asserts
                     .iter()
                     .map(|a| a.evaluate(&output, &test.vars))
                     .collect();
-                let (score, all_pass) = assertion::combine(&results);
-                result.pass = Some(match test.threshold {
-                    Some(threshold) => score >= threshold,
-                    None => all_pass,
-                });
+                let (score, pass) = assertion::verdict(&results, test.threshold);
+                result.pass = pass;
+                if pass.is_none() {
+                    let reasons: Vec<String> = results
+                        .iter()
+                        .filter(|r| r.unmeasured)
+                        .map(|r| format!("`{}`: {}", r.label, r.reason))
+                        .collect();
+                    result.error = Some(format!("judge: {}", reasons.join("; ")));
+                }
                 result.score = score;
                 result.assertions = results;
                 result.latency_ms = latency_ms;
@@ -530,59 +648,12 @@ impl Job {
         Ok(embeddings)
     }
 
-    fn cache_key(&self, request: &ChatRequest) -> String {
-        let mut material = self.model.cache_identity();
-        material.push('\n');
-        material.push_str(&serde_json::to_string(request).unwrap_or_default());
-        // Repeats exist to measure variation; each repeat gets its own entry.
-        if self.repeats > 1 {
-            material.push_str(&format!("\nrepeat={}", self.key.repeat_idx));
-        }
-        hash_hex(material.as_bytes())
-    }
-
     /// (response, latency in ms, whether it came from the cache).
     async fn call_cached(
         &self,
         request: &ChatRequest,
     ) -> Result<(ChatResponse, f64, bool), ModelError> {
-        let use_cache = self.cache != CacheMode::Off && self.model.cacheable();
-        let key = use_cache.then(|| self.cache_key(request));
-        if let Some(key) = &key {
-            let store = self.store.clone();
-            let lookup_key = key.clone();
-            let hit = tokio::task::spawn_blocking(move || store.cache_get(&lookup_key))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten()
-                .and_then(|text| serde_json::from_str::<CachedAnswer>(&text).ok());
-            if let Some(hit) = hit {
-                return Ok((hit.response, hit.latency_ms, true));
-            }
-            if self.cache == CacheMode::ReadOnly {
-                return Err(ModelError::new(
-                    ModelErrorKind::CacheMiss,
-                    "no recorded answer for this request (cache is read-only)",
-                )
-                .with_hint("run once with `--cache read-write` (and the API key) to record it"));
-            }
-        }
-        let started = Instant::now();
-        let response = self.model.chat(request).await?;
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        if let Some(key) = key {
-            let answer = CachedAnswer {
-                response: response.clone(),
-                latency_ms,
-            };
-            if let Ok(text) = serde_json::to_string(&answer) {
-                let store = self.store.clone();
-                // A failed cache write costs a future call, never this result.
-                let _ = tokio::task::spawn_blocking(move || store.cache_put(&key, &text)).await;
-            }
-        }
-        Ok((response, latency_ms, false))
+        self.caller().call(&self.model, request, "").await
     }
 }
 

@@ -3,6 +3,7 @@
 //! file:line:col where the YAML has one; nothing unknown is ignored.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 use plumb_core::{Message, ModelParams, Role, SourceError, did_you_mean, hash_hex};
@@ -14,6 +15,7 @@ use serde_json::{Map, Value};
 use serde_saphyr::Spanned;
 
 use crate::assertion::{self, Assertion};
+use crate::judge::{self, FactualityScores, JudgePrompt};
 use crate::raw::{
     Node, RawAssertion, RawMessage, RawPromptObject, RawProviderObject, RawSuite, RawTest,
 };
@@ -35,6 +37,9 @@ pub struct Suite {
     pub output_paths: Vec<PathBuf>,
     /// Hash of the suite file's text.
     pub content_hash: String,
+    /// `defaultTest.options.provider`: the grader of judged assertions that name none (and
+    /// whose test names none); `plumb eval --grader` overrides it.
+    pub default_grader: Option<Arc<ProviderSpec>>,
 }
 
 #[derive(Debug)]
@@ -191,6 +196,18 @@ impl Suite {
         let default_test = raw.default_test.unwrap_or_default();
         let default_asserts =
             resolve_assertions(default_test.assert.as_deref().unwrap_or_default(), path)?;
+        let default_grader = match default_test
+            .options
+            .as_ref()
+            .and_then(|o| o.provider.clone())
+        {
+            Some(entry) => Some(Arc::new(resolve_provider(
+                entry,
+                path,
+                &SourceError::in_file(path, "").with_hint("in `defaultTest.options.provider`"),
+            )?)),
+            None => None,
+        };
         let mut tests = Vec::new();
         if let Some(entries) = raw.tests {
             let tests_at = location_of(path, &entries);
@@ -254,6 +271,7 @@ impl Suite {
             repeat,
             output_paths,
             content_hash: hash_hex(text.as_bytes()),
+            default_grader,
         };
         suite.check_renders()?;
         Ok(suite)
@@ -269,6 +287,38 @@ impl Suite {
             hash_hex(text.as_bytes()),
             resolve_thresholds(raw.thresholds, path)?,
         ))
+    }
+
+    /// The graders the suite's judged assertions use, by key (the default grader included).
+    pub fn graders(&self) -> IndexMap<String, Arc<ProviderSpec>> {
+        fn walk(assertion: &Assertion, into: &mut IndexMap<String, Arc<ProviderSpec>>) {
+            if let Some(spec) = &assertion.grader {
+                into.entry(grader_key(spec)).or_insert_with(|| spec.clone());
+            }
+            for child in &assertion.children {
+                walk(child, into);
+            }
+        }
+        let mut graders = IndexMap::new();
+        if let Some(spec) = &self.default_grader {
+            graders.insert(grader_key(spec), spec.clone());
+        }
+        for test in &self.tests {
+            for assertion in &test.asserts {
+                walk(assertion, &mut graders);
+            }
+        }
+        graders
+    }
+
+    /// Whether any test has a judged assertion.
+    pub fn has_judged(&self) -> bool {
+        fn any(asserts: &[Assertion]) -> bool {
+            asserts
+                .iter()
+                .any(|a| a.kind.is_judged() || any(&a.children))
+        }
+        self.tests.iter().any(|test| any(&test.asserts))
     }
 
     /// The embedder ids the suite's `similar` assertions use.
@@ -839,15 +889,113 @@ fn resolve_assertion(raw: &RawAssertion, path: &Path) -> Result<Assertion, Sourc
     )
     .map_err(|error| assertion::located(error, at.clone()))?;
     if let Some(provider) = &raw.provider {
-        if resolved.kind != assertion::AssertionType::Similar {
+        if resolved.kind == assertion::AssertionType::Similar {
+            match provider {
+                Node::Str(id) => resolved.provider = Some(id.clone()),
+                _ => {
+                    return Err(with_message(
+                        &at,
+                        "`similar`: `provider` is an embedder id, e.g. local:all-minilm-l6-v2",
+                    ));
+                }
+            }
+        } else if resolved.kind.is_judged() {
+            resolved.grader = Some(Arc::new(resolve_provider(provider.clone(), path, &at)?));
+        } else {
             return Err(
                 with_message(&at, format!("`{}` takes no `provider`", raw.kind.value))
-                    .with_hint("only `similar` uses a provider (its embedder) so far"),
+                    .with_hint("`similar` takes an embedder, judged assertions a grader"),
             );
         }
-        resolved.provider = Some(provider.clone());
     }
+    if let Some(prompt) = &raw.rubric_prompt {
+        if !resolved.kind.is_judged() {
+            return Err(
+                with_message(&at, format!("`{}` takes no `rubricPrompt`", raw.kind.value))
+                    .with_hint(
+                        "only judged assertions (llm-rubric, g-eval, …) have a judge prompt",
+                    ),
+            );
+        }
+        resolved.rubric_prompt =
+            Some(JudgePrompt::parse(prompt).map_err(|message| with_message(&at, message))?);
+    }
+    resolved.location = Some(at);
     Ok(resolved)
+}
+
+/// A grader's identity: its id, plus its config when it has one.
+pub fn grader_key(spec: &ProviderSpec) -> String {
+    let params = serde_json::to_string(&spec.params).unwrap_or_default();
+    if spec.options.is_empty() && params == "{}" {
+        spec.id.clone()
+    } else {
+        format!(
+            "{} {params} {}",
+            spec.id,
+            Value::Object(spec.options.clone())
+        )
+    }
+}
+
+/// Gives the test's judged assertions its grader, judge prompt and factuality scores where
+/// they name none, and checks that every variable their judge prompt reads will be there.
+fn apply_judge_options(
+    asserts: &mut [Assertion],
+    grader: Option<&Arc<ProviderSpec>>,
+    rubric_prompt: Option<&JudgePrompt>,
+    factuality: Option<&FactualityScores>,
+    vars: &IndexMap<String, Value>,
+    path: &Path,
+) -> Result<(), SourceError> {
+    for assertion in asserts {
+        apply_judge_options(
+            &mut assertion.children,
+            grader,
+            rubric_prompt,
+            factuality,
+            vars,
+            path,
+        )?;
+        if !assertion.kind.is_judged() {
+            continue;
+        }
+        if assertion.grader.is_none() {
+            assertion.grader = grader.cloned();
+        }
+        if assertion.rubric_prompt.is_none() {
+            assertion.rubric_prompt = rubric_prompt.cloned();
+        }
+        if assertion.factuality.is_none() {
+            assertion.factuality = factuality.cloned();
+        }
+        if let Some(prompt) = &assertion.rubric_prompt {
+            let at = assertion
+                .location
+                .clone()
+                .unwrap_or_else(|| SourceError::in_file(path, ""));
+            let names = prompt
+                .variables()
+                .map_err(|message| with_message(&at, format!("`rubricPrompt`: {message}")))?;
+            let known = judge::prompt_variables(assertion.kind);
+            if let Some(missing) = names
+                .iter()
+                .find(|name| !known.contains(&name.as_str()) && !vars.contains_key(*name))
+            {
+                return Err(with_message(
+                    &at,
+                    format!(
+                        "`rubricPrompt` of `{}` reads `{missing}`, which is neither one of its \
+                         variables ({}) nor a var of this test",
+                        assertion.label,
+                        known.join(", ")
+                    ),
+                )
+                .with_hint("define it in the test's `vars`, or fix the name"));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn push_test(
@@ -862,6 +1010,9 @@ fn push_test(
     for (key, value) in raw.vars.unwrap_or_default() {
         vars.insert(key, value);
     }
+    // The test's own grader; `defaultTest.options.provider` is the suite's default grader,
+    // which `--grader` may override, so it is not copied onto the assertions.
+    let own_grader = raw.options.as_ref().and_then(|o| o.provider.clone());
     let options = raw
         .options
         .or_else(|| default.options.clone())
@@ -872,6 +1023,34 @@ fn push_test(
         path,
     )?);
     asserts.extend(extra_asserts);
+    let options_at = SourceError::in_file(path, "").with_hint("in the test's `options`");
+    let grader = match own_grader {
+        Some(entry) => Some(Arc::new(resolve_provider(entry, path, &options_at)?)),
+        None => None,
+    };
+    let rubric_prompt = match &options.rubric_prompt {
+        Some(value) => {
+            Some(JudgePrompt::parse(value).map_err(|message| with_message(&options_at, message))?)
+        }
+        None => None,
+    };
+    let factuality = match &options.factuality {
+        Some(value) => Some(
+            serde_json::from_value::<FactualityScores>(value.clone()).map_err(|error| {
+                with_message(&options_at, format!("`options.factuality`: {error}"))
+                    .with_hint("keys: subset, superset, agree, disagree, differButFactual")
+            })?,
+        ),
+        None => None,
+    };
+    apply_judge_options(
+        &mut asserts,
+        grader.as_ref(),
+        rubric_prompt.as_ref(),
+        factuality.as_ref(),
+        &vars,
+        path,
+    )?;
     let threshold = raw.threshold.or(default.threshold);
     let metadata = raw
         .metadata

@@ -175,7 +175,7 @@ pub fn build(
 
 fn accepted() -> String {
     "`openai:<model>`, `openai-compatible:<base-url>#<model>`, `anthropic:<model>`, \
-     `local:<name-or-path.gguf>`, `mock:echo`, `mock:text:<reply>`, `mock:file:<path>`, `echo`"
+     `local:<name-or-path.gguf>`, `mock:echo`, `mock:text:<reply>`, `mock:file:<path>`, `mock:rules:<path>`, `echo`"
         .to_owned()
 }
 

@@ -1,6 +1,7 @@
 //! Mock models for tests, demos and benchmarks: `mock:echo` (and promptfoo's `echo`),
-//! `mock:text:<reply>`, `mock:file:<answers.{jsonl,json,yaml}>`, with scripted latency and
-//! error injection from the provider's config.
+//! `mock:text:<reply>`, `mock:file:<answers.{jsonl,json,yaml}>` (keyed by the last user
+//! message), `mock:rules:<rules.yaml>` (the first rule whose texts all appear in the request
+//! answers: a scripted judge), with scripted latency and error injection from the config.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +21,31 @@ enum Behaviour {
     Echo,
     Text(String),
     Lookup(HashMap<String, String>),
+    Rules(Vec<Rule>),
+}
+
+/// `mock:rules`: answers `output` when every text of `when` appears in the request.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rule {
+    when: OneOrMany,
+    output: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Rule {
+    fn matches(&self, text: &str) -> bool {
+        match &self.when {
+            OneOrMany::One(needle) => text.contains(needle.as_str()),
+            OneOrMany::Many(needles) => needles.iter().all(|n| text.contains(n.as_str())),
+        }
+    }
 }
 
 pub struct MockModel {
@@ -49,10 +75,11 @@ impl MockModel {
             "echo" => Behaviour::Echo,
             "text" => Behaviour::Text(argument.to_owned()),
             "file" => Behaviour::Lookup(load_answers(&ctx.base_dir.join(argument))?),
+            "rules" => Behaviour::Rules(load_rules(&ctx.base_dir.join(argument))?),
             _ => {
                 return Err(
                     ModelError::config(format!("unknown mock provider `{id}`")).with_hint(
-                        "accepted: `mock:echo`, `mock:text:<reply>`, `mock:file:<answers.jsonl>`",
+                        "accepted: `mock:echo`, `mock:text:<reply>`, `mock:file:<answers.jsonl>`, `mock:rules:<rules.yaml>`",
                     ),
                 );
             }
@@ -87,6 +114,25 @@ impl MockModel {
                             &format!("no scripted answer for input `{key}`"),
                         )
                         .with_hint("add it to the answers file"));
+                    }
+                }
+            }
+            Behaviour::Rules(rules) => {
+                let text: Vec<&str> = request
+                    .messages
+                    .iter()
+                    .map(|m| m.content.as_str())
+                    .collect();
+                let text = text.join("\n");
+                match rules.iter().find(|rule| rule.matches(&text)) {
+                    Some(rule) => rule.output.clone(),
+                    None => {
+                        let shown: String = text.chars().take(120).collect();
+                        return Err(http::status_error(
+                            404,
+                            &format!("no rule matches the request `{shown}…`"),
+                        )
+                        .with_hint("add a rule whose `when` texts all appear in it"));
                     }
                 }
             }
@@ -156,6 +202,27 @@ fn last_user(messages: &[Message]) -> &str {
         .find(|m| m.role == Role::User)
         .map(|m| m.content.as_str())
         .unwrap_or("")
+}
+
+/// Rules files: a YAML (or JSON) list of `{when: text or [texts], output: text}`.
+fn load_rules(path: &Path) -> Result<Vec<Rule>, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ModelError::config(format!(
+            "cannot read mock rules `{}`: {error}",
+            path.display()
+        ))
+    })?;
+    let rules: Vec<Rule> = serde_saphyr::from_str(&text).map_err(|error| {
+        ModelError::config(format!("{}: {error}", path.display()))
+            .with_hint("expected a list of {when: <text or list of texts>, output: <text>}")
+    })?;
+    if rules.is_empty() {
+        return Err(ModelError::config(format!(
+            "{}: the rules list is empty",
+            path.display()
+        )));
+    }
+    Ok(rules)
 }
 
 /// Answers files: JSONL of `{"input": ..., "output": ...}`, or a JSON/YAML map input → output.

@@ -46,6 +46,10 @@ pub struct EvalArgs {
     /// Finish an interrupted run: cases it already has are kept, the rest run now
     #[arg(long, value_name = "RUN")]
     pub resume: Option<String>,
+    /// The grader of judged assertions (llm-rubric, g-eval, factuality, …) that name none;
+    /// overrides `defaultTest.options.provider` (e.g. local:smollm2-135m-instruct, openai:gpt-4.1-mini)
+    #[arg(long, value_name = "PROVIDER")]
+    pub grader: Option<String>,
     /// Do not draw the progress bar
     #[arg(long)]
     pub no_progress: bool,
@@ -114,6 +118,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<Outcome> {
         compare: args.compare,
         fail_on_regression: args.fail_on_regression,
         resume: args.resume,
+        grader: args.grader,
         progress: !args.no_progress,
         gate: true,
         db_path,
@@ -132,6 +137,8 @@ pub struct EvalRequest {
     pub compare: Option<String>,
     pub fail_on_regression: Option<String>,
     pub resume: Option<String>,
+    /// `--grader`: the default grader of judged assertions.
+    pub grader: Option<String>,
     pub progress: bool,
     /// Whether a failing gate exits 1 (the quickstart only reports it).
     pub gate: bool,
@@ -205,6 +212,57 @@ fn build_embedders(
         built.insert(id, embedder);
     }
     Ok(built)
+}
+
+/// Builds the graders of the suite's judged assertions (and `--grader`). A grader that cannot
+/// be built is kept as its error: the assertions it grades are unmeasured with that reason and
+/// the run goes on.
+fn build_graders(
+    suite: &Suite,
+    cli_grader: Option<&str>,
+    ctx: &ProviderContext,
+) -> plumb_eval::judge::Graders {
+    let mut specs: Vec<(String, String, serde_json::Map<String, serde_json::Value>)> = suite
+        .graders()
+        .into_iter()
+        .map(|(key, spec)| (key, spec.id.clone(), spec.options.clone()))
+        .collect();
+    if let Some(id) = cli_grader
+        && !specs.iter().any(|(key, _, _)| key == id)
+    {
+        specs.push((id.to_owned(), id.to_owned(), serde_json::Map::new()));
+    }
+    let mut graders = plumb_eval::judge::Graders {
+        default: cli_grader.map(str::to_owned).or_else(|| {
+            suite
+                .default_grader
+                .as_deref()
+                .map(plumb_eval::suite::grader_key)
+        }),
+        ..Default::default()
+    };
+    if !suite.has_judged() {
+        return graders;
+    }
+    for (key, id, config) in specs {
+        let built = (|| -> Result<Arc<dyn ChatModel>, String> {
+            let options: ProviderOptions =
+                serde_json::from_value(serde_json::Value::Object(config))
+                    .map_err(|error| format!("config: {error}"))?;
+            pull_if_missing(&id, ctx).map_err(|error| error.to_string())?;
+            plumb_provider::build(&id, &options, ctx).map_err(|error| match &error.hint {
+                Some(hint) => format!("{error} ({hint})"),
+                None => error.to_string(),
+            })
+        })();
+        if let Err(error) = &built {
+            eprintln!(
+                "warning: grader `{id}` cannot be used: {error}; the assertions it grades are unmeasured"
+            );
+        }
+        graders.models.insert(key, built);
+    }
+    graders
 }
 
 fn locate(error: ModelError, at: &SourceError) -> anyhow::Error {
@@ -291,6 +349,7 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
     // With a read-only cache no call is made, so missing keys are no reason to refuse.
     let models = build_models(&suite, &ctx, options.cache != CacheMode::ReadOnly)?;
     let embedders = build_embedders(&suite, &ctx)?;
+    let graders = build_graders(&suite, request.grader.as_deref(), &ctx);
     let suite = Arc::new(suite);
 
     let cancel = Arc::new(AtomicBool::new(false));
@@ -310,7 +369,11 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
     let observer = Arc::new(ProgressObserver::new(request.progress));
     let outcome = plumb_eval::run(
         suite.clone(),
-        plumb_eval::Backends { models, embedders },
+        plumb_eval::Backends {
+            models,
+            embedders,
+            graders,
+        },
         store.clone(),
         options,
         resume,

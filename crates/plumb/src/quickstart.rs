@@ -112,6 +112,7 @@ pub async fn quickstart(args: QuickstartArgs) -> anyhow::Result<Outcome> {
             compare: None,
             fail_on_regression: None,
             resume: None,
+            grader: None,
             progress: !args.no_progress,
             gate: false,
             db_path,

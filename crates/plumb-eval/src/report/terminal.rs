@@ -153,7 +153,7 @@ pub fn render(summary: &Summary, run_comparisons: &[Comparison], style: Style) -
         let mut notes = Vec::new();
         if cell.unmeasured > 0 {
             notes.push(style.red(&format!(
-                "{} unmeasured (model errors, counted neither pass nor fail)",
+                "{} unmeasured (model or judge errors, counted neither pass nor fail)",
                 cell.unmeasured
             )));
         }

@@ -18,6 +18,8 @@ use plumb_core::{
 use plumb_eval::{CacheMode, CaseResult, Observer, RunError, RunOptions, Suite, gate, summarize};
 use plumb_store::{RunStatus, SqliteStore, Store};
 
+mod judges;
+
 /// Echoes the last message; counts calls; optionally fails with a given kind.
 struct Scripted {
     calls: AtomicUsize,

@@ -597,3 +597,40 @@ fn models_list_and_help() {
         assert_eq!(code(&output), 0, "{command:?}");
     }
 }
+
+#[test]
+fn the_judged_example_runs_offline_and_an_unknown_grader_leaves_cases_unmeasured() {
+    let project = Project::new();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/judged");
+    for name in ["suite.yaml", "rules.yaml"] {
+        project.write(name, &std::fs::read_to_string(example.join(name)).unwrap());
+    }
+    let output = project.plumb(&["eval", "suite.yaml", "--no-progress", "-o", "out.json"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(project.path("out.json")).unwrap()).unwrap();
+    let case = &report["results"][0];
+    assert_eq!(case["pass"], true);
+    assert!(
+        (case["score"].as_f64().unwrap() - 0.95).abs() < 1e-9,
+        "{case}"
+    );
+    let judged = &case["assertions"][0]["judge"];
+    assert_eq!(judged["model"], "mock:rules:rules.yaml");
+
+    let output = project.plumb(&[
+        "eval",
+        "suite.yaml",
+        "--no-progress",
+        "--grader",
+        "nosuch:x",
+    ]);
+    assert_eq!(
+        code(&output),
+        1,
+        "an unmeasured case fails the default gate"
+    );
+    let text = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(text.contains("grader `nosuch:x` cannot be used"), "{text}");
+    assert!(text.contains("1 unmeasured"), "{text}");
+}

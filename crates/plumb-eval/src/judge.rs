@@ -1,0 +1,833 @@
+//! Model-graded assertions: the judge prompts, the JSON Schema each verdict must satisfy, and the
+//! one way plumb asks a grader for a verdict.
+//!
+//! A verdict is requested with `response_format: json_schema`: local models decode it under the
+//! schema's grammar (so it always parses), API models get the schema and are checked against it;
+//! an answer that does not fit is asked again once with the error, then the assertion is
+//! *unmeasured* with the reason. `pass` is derived from `score` and the threshold (graded
+//! rubrics) or asked for alone (binary rubrics), so the two never disagree.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use plumb_core::{
+    ChatModel, ChatRequest, JsonSchemaFormat, Message, ModelErrorKind, ModelParams, ResponseFormat,
+    Role, TokenLogprob, Usage, hash_hex,
+};
+use plumb_prompt::template;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::assertion::{Assertion, AssertionType};
+use crate::metrics;
+use crate::runner::Caller;
+
+/// How many times a verdict that does not fit its schema is asked again.
+const REASKS: u32 = 1;
+/// Room for the verdict's reason; local judges stop here at the latest.
+const JUDGE_MAX_TOKENS: u32 = 400;
+
+/// What was asked, of whom, at what cost: stored with every judged score.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JudgeInfo {
+    /// The grader's provider id.
+    pub model: String,
+    /// Hash of the judge prompt (templates and schema) the verdict came from.
+    pub prompt_hash: String,
+    pub params: ModelParams,
+    pub calls: u32,
+    pub usage: Usage,
+    pub cost: f64,
+    /// Every call was answered from the response cache.
+    pub cached: bool,
+}
+
+/// A judge's verdict on one assertion (before `not-` is applied).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub pass: bool,
+    pub score: f64,
+    pub reason: String,
+    pub judge: JudgeInfo,
+}
+
+/// Verdicts by assertion id for one case; `Err` is why the assertion was not measured.
+pub type Judgements = HashMap<u64, Result<Verdict, String>>;
+
+/// The messages of a judge prompt, before rendering: `rubricPrompt` or a built-in one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JudgePrompt {
+    pub messages: Vec<(Role, String)>,
+}
+
+impl JudgePrompt {
+    /// `rubricPrompt` as written: a list of `{role, content}`, a string holding such a list as
+    /// JSON (promptfoo's chat format), or one user message.
+    pub fn parse(value: &Value) -> Result<JudgePrompt, String> {
+        let list = match value {
+            Value::String(text) => match serde_json::from_str::<Value>(text.trim()) {
+                Ok(Value::Array(items)) if text.trim_start().starts_with('[') => items,
+                _ => {
+                    return Ok(JudgePrompt {
+                        messages: vec![(Role::User, text.clone())],
+                    });
+                }
+            },
+            Value::Array(items) => items.clone(),
+            _ => {
+                return Err("`rubricPrompt` must be a string or a list of {role, content}".into());
+            }
+        };
+        let mut messages = Vec::new();
+        for item in list {
+            let role = item
+                .get("role")
+                .and_then(Value::as_str)
+                .and_then(Role::parse)
+                .ok_or("each `rubricPrompt` message needs a `role` (system, user or assistant)")?;
+            let content = item
+                .get("content")
+                .and_then(Value::as_str)
+                .ok_or("each `rubricPrompt` message needs a string `content`")?;
+            messages.push((role, content.to_owned()));
+        }
+        if messages.is_empty() {
+            return Err("`rubricPrompt` has no messages".into());
+        }
+        Ok(JudgePrompt { messages })
+    }
+
+    /// Every variable the prompt's templates read.
+    pub fn variables(&self) -> Result<Vec<String>, String> {
+        let mut names = Vec::new();
+        for (_, content) in &self.messages {
+            for name in template::free_variables(content).map_err(|e| e.to_string())? {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn render(&self, vars: &Map<String, Value>) -> Result<Vec<Message>, String> {
+        self.messages
+            .iter()
+            .map(|(role, content)| {
+                template::render_str(content, vars)
+                    .map(|text| Message::new(*role, text))
+                    .map_err(|e| format!("judge prompt: {e}"))
+            })
+            .collect()
+    }
+
+    fn hash_material(&self) -> String {
+        self.messages
+            .iter()
+            .map(|(role, content)| format!("{}\n{content}\n", role.as_str()))
+            .collect()
+    }
+}
+
+fn prompt(system: &str, user: &str) -> JudgePrompt {
+    JudgePrompt {
+        messages: vec![
+            (Role::System, system.to_owned()),
+            (Role::User, user.to_owned()),
+        ],
+    }
+}
+
+const RUBRIC_SYSTEM: &str = "You grade the output of an AI system against a rubric its developers wrote. \
+Judge only what the rubric asks, and be strict: when the output does not clearly meet the rubric, it does not. \
+Answer with one JSON object and nothing else.";
+const RUBRIC_USER_BINARY: &str = "<output>\n{{ output }}\n</output>\n\n<rubric>\n{{ rubric }}\n</rubric>\n\n\
+Reply with {\"reason\": \"<one or two sentences that cite the output>\", \"pass\": <true if the output meets the rubric, else false>}.";
+const RUBRIC_USER_GRADED: &str = "<output>\n{{ output }}\n</output>\n\n<rubric>\n{{ rubric }}\n</rubric>\n\n\
+Reply with {\"reason\": \"<one or two sentences that cite the output>\", \"score\": <a number from 0 (fails the rubric entirely) to 1 (meets it fully)>}.";
+
+const CLOSEDQA_SYSTEM: &str = "You check whether a submitted answer meets a criterion. \
+Reason step by step first, then answer Y if the submission meets the criterion and N if it does not. \
+Answer with one JSON object and nothing else.";
+const CLOSEDQA_USER: &str = "[Task]\n{{ input }}\n\n[Submission]\n{{ completion }}\n\n[Criterion]\n{{ criteria }}\n\n\
+Reply with {\"reasoning\": \"<your step-by-step reasoning>\", \"answer\": \"Y\" or \"N\"}.";
+
+const FACTUALITY_SYSTEM: &str = "You compare the factual content of a submitted answer with an expert answer to the same question. \
+Ignore differences in style, grammar and punctuation. Answer with one JSON object and nothing else.";
+const FACTUALITY_USER: &str = "[Question]\n{{ input }}\n\n[Expert answer]\n{{ ideal }}\n\n[Submission]\n{{ completion }}\n\n\
+Pick the one option that describes the submission:\n\
+(A) it is a subset of the expert answer and fully consistent with it;\n\
+(B) it is a superset of the expert answer and fully consistent with it;\n\
+(C) it contains all the same details as the expert answer;\n\
+(D) it disagrees with the expert answer;\n\
+(E) the two differ, but the differences do not matter for factuality.\n\n\
+Reply with {\"reasoning\": \"<why>\", \"choice\": \"A\", \"B\", \"C\", \"D\" or \"E\"}.";
+
+const GEVAL_STEPS_SYSTEM: &str = "You write evaluation steps for grading AI outputs. \
+Given a criterion, write 3 or 4 short, concrete steps a grader follows to decide how well an output meets it. \
+Answer with one JSON object and nothing else.";
+const GEVAL_STEPS_USER: &str =
+    "[Criterion]\n{{ criteria }}\n\nReply with {\"steps\": [\"<step 1>\", \"<step 2>\", ...]}.";
+const GEVAL_SCORE_SYSTEM: &str = "You grade an AI output on one criterion by following the given evaluation steps. \
+Answer with one JSON object and nothing else.";
+const GEVAL_SCORE_USER: &str = "[Criterion]\n{{ criteria }}\n\n[Evaluation steps]\n{{ steps }}\n\n[Input]\n{{ input }}\n\n[Output]\n{{ output }}\n\n\
+Reply with {\"reason\": \"<one or two sentences>\", \"score\": <an integer from 0 (does not meet the criterion) to 10 (meets it fully)>}.";
+
+/// The variables a judge prompt of `kind` is given (besides the test's own vars).
+pub fn prompt_variables(kind: AssertionType) -> &'static [&'static str] {
+    use AssertionType as T;
+    match kind {
+        T::LlmRubric => &["output", "rubric"],
+        T::ModelGradedClosedqa => &["input", "completion", "output", "criteria"],
+        T::Factuality => &["input", "ideal", "completion", "output"],
+        T::GEval => &["input", "output", "criteria", "steps"],
+        _ => &[],
+    }
+}
+
+/// The default score of each factuality category (promptfoo's: only a disagreement fails).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactualityScores {
+    #[serde(default = "one")]
+    pub subset: f64,
+    #[serde(default = "one")]
+    pub superset: f64,
+    #[serde(default = "one")]
+    pub agree: f64,
+    #[serde(default)]
+    pub disagree: f64,
+    #[serde(default = "one", rename = "differButFactual")]
+    pub differ_but_factual: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for FactualityScores {
+    fn default() -> FactualityScores {
+        FactualityScores {
+            subset: 1.0,
+            superset: 1.0,
+            agree: 1.0,
+            disagree: 0.0,
+            differ_but_factual: 1.0,
+        }
+    }
+}
+
+impl FactualityScores {
+    fn of(&self, choice: &str) -> Option<(f64, &'static str)> {
+        Some(match choice {
+            "A" => (self.subset, "a consistent subset of the reference"),
+            "B" => (self.superset, "a consistent superset of the reference"),
+            "C" => (self.agree, "the same details as the reference"),
+            "D" => (self.disagree, "in disagreement with the reference"),
+            "E" => (
+                self.differ_but_factual,
+                "different from the reference in ways that do not matter for factuality",
+            ),
+            _ => return None,
+        })
+    }
+}
+
+/// The graders a run can ask, by the key `Suite::graders` gives them.
+#[derive(Default)]
+pub struct Graders {
+    pub models: HashMap<String, Result<Arc<dyn ChatModel>, String>>,
+    /// `--grader`, or `defaultTest.options.provider`: used where an assertion names none.
+    pub default: Option<String>,
+}
+
+/// One case's view of the judges: the graders, the response cache, and the g-eval steps
+/// generated so far (once per grader and criterion for the whole run).
+pub struct JudgeContext {
+    pub graders: Arc<Graders>,
+    pub caller: Caller,
+    pub steps: Arc<StepsMemo>,
+}
+
+/// Generated steps and what generating them cost, or why it failed.
+type Steps = Result<(Vec<String>, JudgeInfo), String>;
+/// One (grader, criterion)'s steps, generated by whichever case asks first.
+type StepsCell = Arc<OnceCell<Steps>>;
+
+/// g-eval's generated steps by (grader, criterion).
+#[derive(Default)]
+pub struct StepsMemo {
+    cells: Mutex<HashMap<(String, String), StepsCell>>,
+}
+
+/// What a case's judged assertions see: the output and the test's vars.
+pub struct Subject<'a> {
+    pub output: &'a str,
+    /// The rendered prompt's last user message (`input` in judge prompts).
+    pub input: &'a str,
+    pub vars: &'a Map<String, Value>,
+}
+
+impl JudgeContext {
+    /// Verdicts for every judged assertion in `asserts` (children of `assert-set` included),
+    /// asked concurrently.
+    pub async fn judge_all(&self, asserts: &[Assertion], subject: &Subject<'_>) -> Judgements {
+        let mut judged = Vec::new();
+        collect_judged(asserts, &mut judged);
+        let futures = judged
+            .into_iter()
+            .map(|assertion| async move { (assertion.id, self.judge(assertion, subject).await) });
+        futures_util::future::join_all(futures)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    async fn judge(&self, assertion: &Assertion, subject: &Subject<'_>) -> Result<Verdict, String> {
+        let own = assertion.grader.as_deref().map(crate::suite::grader_key);
+        let grader = own
+            .as_deref()
+            .or(self.graders.default.as_deref())
+            .ok_or_else(|| {
+                format!(
+                    "`{}` has no grader: name one with `provider:` on the assertion, \
+                     `defaultTest.options.provider`, or `plumb eval --grader <provider>` \
+                     (e.g. local:smollm2-135m-instruct or openai:gpt-4.1-mini)",
+                    assertion.label
+                )
+            })?;
+        let model = match self.graders.models.get(grader) {
+            Some(Ok(model)) => model.clone(),
+            Some(Err(error)) => return Err(format!("grader `{grader}`: {error}")),
+            None => return Err(format!("grader `{grader}` was not built")),
+        };
+        let mut vars = subject.vars.clone();
+        vars.insert("output".into(), Value::String(subject.output.to_owned()));
+        vars.insert(
+            "completion".into(),
+            Value::String(subject.output.to_owned()),
+        );
+        if !vars.contains_key("input") {
+            vars.insert("input".into(), Value::String(subject.input.to_owned()));
+        }
+        let value = assertion.rendered_judge_value(subject.vars)?;
+        use AssertionType as T;
+        match assertion.kind {
+            T::LlmRubric => {
+                let graded = assertion.threshold.is_some();
+                vars.insert("rubric".into(), Value::String(value_text(&value)));
+                let prompt = assertion.rubric_prompt.clone().unwrap_or_else(|| {
+                    prompt(
+                        RUBRIC_SYSTEM,
+                        if graded {
+                            RUBRIC_USER_GRADED
+                        } else {
+                            RUBRIC_USER_BINARY
+                        },
+                    )
+                });
+                let schema = if graded {
+                    object_schema(&[
+                        ("reason", json!({"type": "string"})),
+                        (
+                            "score",
+                            json!({"type": "number", "minimum": 0, "maximum": 1}),
+                        ),
+                    ])
+                } else {
+                    object_schema(&[
+                        ("reason", json!({"type": "string"})),
+                        ("pass", json!({"type": "boolean"})),
+                    ])
+                };
+                let (answer, info) = self.ask(&model, grader, &prompt, &vars, schema).await?;
+                let reason = text_field(&answer, "reason");
+                if graded {
+                    let score = number_field(&answer, "score")?.clamp(0.0, 1.0);
+                    let threshold = assertion.threshold.unwrap_or(0.5);
+                    Ok(Verdict {
+                        pass: score >= threshold,
+                        score,
+                        reason: format!("score {score:.2} (threshold {threshold}): {reason}"),
+                        judge: info,
+                    })
+                } else {
+                    let pass = answer
+                        .get("pass")
+                        .and_then(Value::as_bool)
+                        .ok_or("the judge's answer has no boolean `pass`")?;
+                    Ok(Verdict {
+                        pass,
+                        score: if pass { 1.0 } else { 0.0 },
+                        reason,
+                        judge: info,
+                    })
+                }
+            }
+            T::ModelGradedClosedqa => {
+                vars.insert("criteria".into(), Value::String(value_text(&value)));
+                let prompt = assertion
+                    .rubric_prompt
+                    .clone()
+                    .unwrap_or_else(|| prompt(CLOSEDQA_SYSTEM, CLOSEDQA_USER));
+                let schema = object_schema(&[
+                    ("reasoning", json!({"type": "string"})),
+                    ("answer", json!({"type": "string", "enum": ["Y", "N"]})),
+                ]);
+                let (answer, info) = self.ask(&model, grader, &prompt, &vars, schema).await?;
+                let pass = match answer.get("answer").and_then(Value::as_str) {
+                    Some("Y") => true,
+                    Some("N") => false,
+                    _ => return Err("the judge's answer has no `answer` of Y or N".into()),
+                };
+                Ok(Verdict {
+                    pass,
+                    score: if pass { 1.0 } else { 0.0 },
+                    reason: text_field(&answer, "reasoning"),
+                    judge: info,
+                })
+            }
+            T::Factuality => {
+                vars.insert("ideal".into(), Value::String(value_text(&value)));
+                let prompt = assertion
+                    .rubric_prompt
+                    .clone()
+                    .unwrap_or_else(|| prompt(FACTUALITY_SYSTEM, FACTUALITY_USER));
+                let schema = object_schema(&[
+                    ("reasoning", json!({"type": "string"})),
+                    (
+                        "choice",
+                        json!({"type": "string", "enum": ["A", "B", "C", "D", "E"]}),
+                    ),
+                ]);
+                let (answer, info) = self.ask(&model, grader, &prompt, &vars, schema).await?;
+                let choice = answer.get("choice").and_then(Value::as_str).unwrap_or("");
+                let scores = assertion.factuality.clone().unwrap_or_default();
+                let (score, meaning) = scores
+                    .of(choice)
+                    .ok_or("the judge's answer has no `choice` between A and E")?;
+                let pass = match assertion.threshold {
+                    Some(threshold) => score >= threshold,
+                    None => score > 0.0,
+                };
+                Ok(Verdict {
+                    pass,
+                    score,
+                    reason: format!(
+                        "({choice}) the output is {meaning}: {}",
+                        text_field(&answer, "reasoning")
+                    ),
+                    judge: info,
+                })
+            }
+            T::GEval => self.g_eval(assertion, &model, grader, &value, vars).await,
+            other => Err(format!("`{}` is not a judged assertion", other.name())),
+        }
+    }
+
+    /// G-Eval: evaluation steps generated once per criterion, then a 0–10 score per output,
+    /// weighted by the score token's probabilities when the grader returns logprobs. Several
+    /// criteria are averaged.
+    async fn g_eval(
+        &self,
+        assertion: &Assertion,
+        model: &Arc<dyn ChatModel>,
+        grader: &str,
+        value: &Value,
+        mut vars: Map<String, Value>,
+    ) -> Result<Verdict, String> {
+        let criteria: Vec<String> = match value {
+            Value::Array(items) => items.iter().map(value_text).collect(),
+            other => vec![value_text(other)],
+        };
+        let threshold = assertion.threshold.unwrap_or(0.7);
+        let mut total = JudgeInfo::default();
+        let mut scores = Vec::new();
+        let mut reasons = Vec::new();
+        for criterion in &criteria {
+            let (steps, steps_info) = self.g_eval_steps(model, grader, criterion).await?;
+            add_info(&mut total, &steps_info);
+            vars.insert("criteria".into(), Value::String(criterion.clone()));
+            let numbered: Vec<String> = steps
+                .iter()
+                .enumerate()
+                .map(|(i, step)| format!("{}. {step}", i + 1))
+                .collect();
+            vars.insert("steps".into(), Value::String(numbered.join("\n")));
+            let prompt = assertion
+                .rubric_prompt
+                .clone()
+                .unwrap_or_else(|| prompt(GEVAL_SCORE_SYSTEM, GEVAL_SCORE_USER));
+            let schema = object_schema(&[
+                ("reason", json!({"type": "string"})),
+                (
+                    "score",
+                    json!({"type": "integer", "minimum": 0, "maximum": 10}),
+                ),
+            ]);
+            let (answer, info, logprobs) = self
+                .ask_with_logprobs(model, grader, &prompt, &vars, schema)
+                .await?;
+            add_info(&mut total, &info);
+            let raw = number_field(&answer, "score")?.clamp(0.0, 10.0);
+            let weighted = logprobs
+                .as_deref()
+                .and_then(|tokens| weighted_score(tokens, raw));
+            let score = weighted.unwrap_or(raw) / 10.0;
+            scores.push(score);
+            reasons.push(format!(
+                "{}{:.2}: {}",
+                if criteria.len() > 1 {
+                    format!("{criterion}: ")
+                } else {
+                    String::new()
+                },
+                score,
+                text_field(&answer, "reason")
+            ));
+            total.model = info.model;
+            total.params = info.params;
+            total.prompt_hash = info.prompt_hash;
+        }
+        let score = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
+        Ok(Verdict {
+            pass: score >= threshold,
+            score,
+            reason: format!(
+                "score {score:.2} (threshold {threshold}): {}",
+                reasons.join("; ")
+            ),
+            judge: total,
+        })
+    }
+
+    async fn g_eval_steps(
+        &self,
+        model: &Arc<dyn ChatModel>,
+        grader: &str,
+        criterion: &str,
+    ) -> Result<(Vec<String>, JudgeInfo), String> {
+        let cell = {
+            let mut cells = self.steps.cells.lock().await;
+            cells
+                .entry((grader.to_owned(), criterion.to_owned()))
+                .or_default()
+                .clone()
+        };
+        let first = std::sync::atomic::AtomicBool::new(false);
+        let result = cell
+            .get_or_init(|| async {
+                first.store(true, std::sync::atomic::Ordering::Relaxed);
+                let mut vars = Map::new();
+                vars.insert("criteria".into(), Value::String(criterion.to_owned()));
+                let schema = object_schema(&[(
+                    "steps",
+                    json!({"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 6}),
+                )]);
+                let prompt = prompt(GEVAL_STEPS_SYSTEM, GEVAL_STEPS_USER);
+                let (answer, info) = self.ask(model, grader, &prompt, &vars, schema).await?;
+                let steps: Vec<String> = answer
+                    .get("steps")
+                    .and_then(Value::as_array)
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if steps.is_empty() {
+                    return Err("the judge wrote no evaluation steps".to_owned());
+                }
+                Ok((steps, info))
+            })
+            .await
+            .clone();
+        // The steps' cost is counted once, by the case that generated them.
+        result.map(|(steps, info)| {
+            if first.load(std::sync::atomic::Ordering::Relaxed) {
+                (steps, info)
+            } else {
+                (steps, JudgeInfo::default())
+            }
+        })
+    }
+
+    async fn ask(
+        &self,
+        model: &Arc<dyn ChatModel>,
+        grader: &str,
+        prompt: &JudgePrompt,
+        vars: &Map<String, Value>,
+        schema: Value,
+    ) -> Result<(Value, JudgeInfo), String> {
+        self.ask_inner(model, grader, prompt, vars, schema, false)
+            .await
+            .map(|(answer, info, _)| (answer, info))
+    }
+
+    async fn ask_with_logprobs(
+        &self,
+        model: &Arc<dyn ChatModel>,
+        grader: &str,
+        prompt: &JudgePrompt,
+        vars: &Map<String, Value>,
+        schema: Value,
+    ) -> Result<(Value, JudgeInfo, Option<Vec<TokenLogprob>>), String> {
+        self.ask_inner(model, grader, prompt, vars, schema, true)
+            .await
+    }
+
+    /// One verdict: the rendered prompt under the schema at temperature 0, checked against the
+    /// schema, asked again once with the error when it does not fit. Retryable provider errors
+    /// (timeouts, 429, 5xx) were already retried by the provider; they end here as unmeasured.
+    async fn ask_inner(
+        &self,
+        model: &Arc<dyn ChatModel>,
+        grader: &str,
+        prompt: &JudgePrompt,
+        vars: &Map<String, Value>,
+        schema: Value,
+        logprobs: bool,
+    ) -> Result<(Value, JudgeInfo, Option<Vec<TokenLogprob>>), String> {
+        let mut messages = prompt.render(vars)?;
+        let params = ModelParams {
+            temperature: Some(0.0),
+            max_tokens: Some(JUDGE_MAX_TOKENS),
+            response_format: Some(ResponseFormat::JsonSchema {
+                json_schema: JsonSchemaFormat {
+                    name: "verdict".into(),
+                    schema: schema.clone(),
+                    strict: Some(true),
+                },
+            }),
+            logprobs: logprobs.then_some(true),
+            top_logprobs: logprobs.then_some(20),
+            ..ModelParams::default()
+        };
+        let mut info = JudgeInfo {
+            model: grader.to_owned(),
+            prompt_hash: hash_hex(format!("{}\n{schema}", prompt.hash_material()).as_bytes()),
+            params: ModelParams {
+                response_format: None,
+                ..params.clone()
+            },
+            cached: true,
+            ..JudgeInfo::default()
+        };
+        let validator = jsonschema::validator_for(&schema)
+            .map_err(|e| format!("internal: judge schema: {e}"))?;
+        let mut last_problem = String::new();
+        for attempt in 0..=REASKS {
+            let request = ChatRequest {
+                messages: messages.clone(),
+                params: params.clone(),
+                ..ChatRequest::default()
+            };
+            let (response, _, cached) = self
+                .caller
+                .call(model, &request, &format!("judge-attempt={attempt}"))
+                .await
+                .map_err(|error| {
+                    let kind = match error.kind {
+                        ModelErrorKind::Timeout => "timed out",
+                        _ => "failed",
+                    };
+                    format!("grader `{grader}` {kind}: {error}")
+                })?;
+            info.calls += 1;
+            info.usage.prompt_tokens += response.usage.prompt_tokens;
+            info.usage.completion_tokens += response.usage.completion_tokens;
+            info.cost += model
+                .pricing()
+                .map(|p| p.cost(&response.usage))
+                .unwrap_or(0.0);
+            info.cached &= cached;
+            let candidates = metrics::extract_json(&response.content);
+            let fitting = candidates
+                .iter()
+                .find(|value| validator.is_valid(value))
+                .cloned();
+            if let Some(answer) = fitting {
+                let logprobs = (!response.logprobs.is_empty()).then_some(response.logprobs);
+                return Ok((answer, info, logprobs));
+            }
+            last_problem = match candidates.first() {
+                None => "its answer holds no JSON object".to_owned(),
+                Some(value) => {
+                    let errors: Vec<String> = validator
+                        .iter_errors(value)
+                        .take(3)
+                        .map(|e| e.to_string())
+                        .collect();
+                    format!(
+                        "its answer does not fit the verdict schema: {}",
+                        errors.join("; ")
+                    )
+                }
+            };
+            messages.push(Message::new(Role::Assistant, response.content.clone()));
+            messages.push(Message::new(
+                Role::User,
+                format!(
+                    "That answer cannot be used: {last_problem}. Reply again with only a JSON \
+                     object that matches this schema: {schema}"
+                ),
+            ));
+        }
+        Err(format!(
+            "grader `{grader}`: {last_problem} (asked {} times)",
+            REASKS + 1
+        ))
+    }
+}
+
+fn add_info(total: &mut JudgeInfo, part: &JudgeInfo) {
+    total.calls += part.calls;
+    total.usage.prompt_tokens += part.usage.prompt_tokens;
+    total.usage.completion_tokens += part.usage.completion_tokens;
+    total.cost += part.cost;
+    total.cached = if total.calls == part.calls {
+        part.cached
+    } else {
+        total.cached && (part.calls == 0 || part.cached)
+    };
+}
+
+fn collect_judged<'a>(asserts: &'a [Assertion], into: &mut Vec<&'a Assertion>) {
+    for assertion in asserts {
+        if assertion.kind.is_judged() {
+            into.push(assertion);
+        }
+        collect_judged(&assertion.children, into);
+    }
+}
+
+fn object_schema(fields: &[(&str, Value)]) -> Value {
+    let properties: Map<String, Value> = fields
+        .iter()
+        .map(|(name, schema)| ((*name).to_owned(), schema.clone()))
+        .collect();
+    let required: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+    json!({
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
+    })
+}
+
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn text_field(answer: &Value, name: &str) -> String {
+    answer
+        .get(name)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+fn number_field(answer: &Value, name: &str) -> Result<f64, String> {
+    answer
+        .get(name)
+        .and_then(Value::as_f64)
+        .filter(|n| n.is_finite())
+        .ok_or_else(|| format!("the judge's answer has no number `{name}`"))
+}
+
+/// G-Eval's probability-weighted score: the last generated token that spells the raw score,
+/// and over its top alternatives that are integers 0–10 with p ≥ 1 %, Σ value·p / Σ p.
+/// `None` when the grader gave no usable probabilities (the raw score stands).
+pub fn weighted_score(tokens: &[TokenLogprob], raw: f64) -> Option<f64> {
+    let spelled = format!("{}", raw.round() as i64);
+    let token = tokens.iter().rev().find(|t| t.token.trim() == spelled)?;
+    let mut alternatives: Vec<(String, f64)> = token.top.clone();
+    if !alternatives.iter().any(|(t, _)| t.trim() == spelled) {
+        alternatives.push((token.token.clone(), token.logprob));
+    }
+    let (mut weighted, mut mass) = (0.0, 0.0);
+    for (text, logprob) in alternatives {
+        let p = logprob.exp();
+        if p < 0.01 {
+            continue;
+        }
+        if let Ok(value) = text.trim().parse::<u32>()
+            && value <= 10
+        {
+            weighted += f64::from(value) * p;
+            mass += p;
+        }
+    }
+    (mass > 0.0).then(|| weighted / mass)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TokenLogprob;
+
+    #[test]
+    fn weighted_score_averages_the_score_tokens_by_probability() {
+        let tokens = vec![
+            TokenLogprob {
+                token: "{\"score\": ".into(),
+                logprob: 0.0,
+                top: vec![],
+            },
+            TokenLogprob {
+                token: "7".into(),
+                logprob: 0.6f64.ln(),
+                top: vec![
+                    ("7".into(), 0.6f64.ln()),
+                    ("8".into(), 0.3f64.ln()),
+                    ("x".into(), 0.05f64.ln()),
+                    ("2".into(), 0.005f64.ln()),
+                ],
+            },
+        ];
+        let score = weighted_score(&tokens, 7.0).unwrap();
+        assert!(
+            (score - (7.0 * 0.6 + 8.0 * 0.3) / 0.9).abs() < 1e-9,
+            "{score}"
+        );
+        assert_eq!(weighted_score(&tokens, 9.0), None);
+        assert_eq!(weighted_score(&[], 7.0), None);
+    }
+
+    #[test]
+    fn rubric_prompts_parse_from_text_lists_and_chat_json() {
+        let one = JudgePrompt::parse(&json!("Grade {{ output }} by {{ rubric }}")).unwrap();
+        assert_eq!(one.messages.len(), 1);
+        assert_eq!(one.variables().unwrap(), vec!["output", "rubric"]);
+        let chat = JudgePrompt::parse(&json!(
+            "[{\"role\": \"system\", \"content\": \"be fair\"}, {\"role\": \"user\", \"content\": \"{{ output }}\"}]"
+        ))
+        .unwrap();
+        assert_eq!(chat.messages[0].0, Role::System);
+        let listed = JudgePrompt::parse(&json!([{"role": "user", "content": "{{ x }}"}])).unwrap();
+        assert_eq!(listed.variables().unwrap(), vec!["x"]);
+        assert!(JudgePrompt::parse(&json!([{"role": "judge", "content": "x"}])).is_err());
+        assert!(JudgePrompt::parse(&json!(3)).is_err());
+    }
+
+    #[test]
+    fn factuality_scores_default_to_promptfoos() {
+        let scores = FactualityScores::default();
+        assert_eq!(scores.of("D").unwrap().0, 0.0);
+        for choice in ["A", "B", "C", "E"] {
+            assert_eq!(scores.of(choice).unwrap().0, 1.0);
+        }
+        assert!(scores.of("F").is_none());
+    }
+}
