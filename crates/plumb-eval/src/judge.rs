@@ -25,8 +25,11 @@ use crate::runner::Caller;
 
 /// How many times a verdict that does not fit its schema is asked again.
 const REASKS: u32 = 1;
-/// Room for the verdict's reason; local judges stop here at the latest.
-const JUDGE_MAX_TOKENS: u32 = 400;
+/// Room for a verdict; local judges stop here at the latest. The schemas bound every free
+/// text (`REASON_CHARS`), so a grammar-constrained answer ends well before it.
+const JUDGE_MAX_TOKENS: u32 = 640;
+/// The longest reason a verdict may give (a `maxLength` in its schema).
+const REASON_CHARS: u32 = 240;
 
 /// What was asked, of whom, at what cost: stored with every judged score.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -293,7 +296,7 @@ impl JudgeContext {
                 format!(
                     "`{}` has no grader: name one with `provider:` on the assertion, \
                      `defaultTest.options.provider`, or `plumb eval --grader <provider>` \
-                     (e.g. local:smollm2-135m-instruct or openai:gpt-4.1-mini)",
+                     (e.g. local:smollm2-135m or openai:gpt-4.1-mini)",
                     assertion.label
                 )
             })?;
@@ -329,7 +332,7 @@ impl JudgeContext {
                 });
                 let schema = if graded {
                     object_schema(&[
-                        ("reason", json!({"type": "string"})),
+                        ("reason", reason_schema()),
                         (
                             "score",
                             json!({"type": "number", "minimum": 0, "maximum": 1}),
@@ -337,7 +340,7 @@ impl JudgeContext {
                     ])
                 } else {
                     object_schema(&[
-                        ("reason", json!({"type": "string"})),
+                        ("reason", reason_schema()),
                         ("pass", json!({"type": "boolean"})),
                     ])
                 };
@@ -372,7 +375,7 @@ impl JudgeContext {
                     .clone()
                     .unwrap_or_else(|| prompt(CLOSEDQA_SYSTEM, CLOSEDQA_USER));
                 let schema = object_schema(&[
-                    ("reasoning", json!({"type": "string"})),
+                    ("reasoning", reason_schema()),
                     ("answer", json!({"type": "string", "enum": ["Y", "N"]})),
                 ]);
                 let (answer, info) = self.ask(&model, grader, &prompt, &vars, schema).await?;
@@ -395,7 +398,7 @@ impl JudgeContext {
                     .clone()
                     .unwrap_or_else(|| prompt(FACTUALITY_SYSTEM, FACTUALITY_USER));
                 let schema = object_schema(&[
-                    ("reasoning", json!({"type": "string"})),
+                    ("reasoning", reason_schema()),
                     (
                         "choice",
                         json!({"type": "string", "enum": ["A", "B", "C", "D", "E"]}),
@@ -460,7 +463,7 @@ impl JudgeContext {
                 .clone()
                 .unwrap_or_else(|| prompt(GEVAL_SCORE_SYSTEM, GEVAL_SCORE_USER));
             let schema = object_schema(&[
-                ("reason", json!({"type": "string"})),
+                ("reason", reason_schema()),
                 (
                     "score",
                     json!({"type": "integer", "minimum": 0, "maximum": 10}),
@@ -523,7 +526,7 @@ impl JudgeContext {
                 vars.insert("criteria".into(), Value::String(criterion.to_owned()));
                 let schema = object_schema(&[(
                     "steps",
-                    json!({"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 6}),
+                    json!({"type": "array", "items": {"type": "string", "maxLength": 160}, "minItems": 1, "maxItems": 5}),
                 )]);
                 let prompt = prompt(GEVAL_STEPS_SYSTEM, GEVAL_STEPS_USER);
                 let (answer, info) = self.ask(model, grader, &prompt, &vars, schema).await?;
@@ -657,6 +660,9 @@ impl JudgeContext {
                 return Ok((answer, info, logprobs));
             }
             last_problem = match candidates.first() {
+                None if response.finish_reason == Some(plumb_core::FinishReason::Length) => {
+                    format!("its answer was cut off at {JUDGE_MAX_TOKENS} tokens")
+                }
                 None => "its answer holds no JSON object".to_owned(),
                 Some(value) => {
                     let errors: Vec<String> = validator
@@ -705,6 +711,10 @@ fn collect_judged<'a>(asserts: &'a [Assertion], into: &mut Vec<&'a Assertion>) {
         }
         collect_judged(&assertion.children, into);
     }
+}
+
+fn reason_schema() -> Value {
+    json!({"type": "string", "maxLength": REASON_CHARS})
 }
 
 fn object_schema(fields: &[(&str, Value)]) -> Value {

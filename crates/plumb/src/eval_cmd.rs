@@ -47,7 +47,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "RUN")]
     pub resume: Option<String>,
     /// The grader of judged assertions (llm-rubric, g-eval, factuality, …) that name none;
-    /// overrides `defaultTest.options.provider` (e.g. local:smollm2-135m-instruct, openai:gpt-4.1-mini)
+    /// overrides `defaultTest.options.provider` (e.g. local:smollm2-135m, openai:gpt-4.1-mini)
     #[arg(long, value_name = "PROVIDER")]
     pub grader: Option<String>,
     /// Do not draw the progress bar
