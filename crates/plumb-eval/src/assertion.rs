@@ -186,7 +186,7 @@ pub struct Assertion {
     pub id: u64,
     /// Judged assertions: the grader (the assertion's or the test's `provider`); `None` means
     /// the run's default grader.
-    pub grader: Option<Arc<crate::suite::ProviderSpec>>,
+    pub grader: Option<Arc<crate::suite::Grader>>,
     /// Where the assertion is written, for errors found after it was resolved.
     pub location: Option<plumb_core::SourceError>,
     /// Judged assertions: `rubricPrompt`, replacing the built-in judge prompt.
@@ -410,23 +410,28 @@ impl Assertion {
         Ok(())
     }
 
-    /// A judged assertion's `value`, rendered with the test's vars.
-    pub fn rendered_judge_value(&self, vars: &Map<String, Value>) -> Result<Value, String> {
-        self.rendered_value(vars)
-    }
-
     pub fn evaluate(&self, output: &Output<'_>, vars: &Map<String, Value>) -> AssertionResult {
-        if self.kind.is_judged() {
-            return self.evaluate_judged(output);
-        }
-        let (pass, score, reason) = match self.kind {
+        let (pass, score, reason, judge) = match self.kind {
+            _ if self.kind.is_judged() => match output.judgements.get(&self.id) {
+                Some(Ok(verdict)) => {
+                    let verdict = verdict.clone();
+                    (
+                        verdict.pass,
+                        verdict.score,
+                        verdict.reason,
+                        Some(verdict.judge),
+                    )
+                }
+                Some(Err(reason)) => return self.unmeasured(reason.clone()),
+                None => return self.unmeasured("internal: the judge was not asked".into()),
+            },
             AssertionType::AssertSet => match self.evaluate_set(output, vars) {
-                Ok(outcome) => outcome,
-                Err(reason) => return self.unmeasured(reason, None),
+                Ok((pass, score, reason)) => (pass, score, reason, None),
+                Err(reason) => return self.unmeasured(reason),
             },
             _ => match self.evaluate_inner(output, vars) {
-                Ok(outcome) => outcome,
-                Err(reason) => (false, 0.0, reason),
+                Ok((pass, score, reason)) => (pass, score, reason, None),
+                Err(reason) => (false, 0.0, reason, None),
             },
         };
         let (pass, score, reason) = if self.negate {
@@ -446,11 +451,11 @@ impl Assertion {
             weight: self.weight,
             metric: self.metric.clone(),
             unmeasured: false,
-            judge: None,
+            judge,
         }
     }
 
-    fn unmeasured(&self, reason: String, judge: Option<JudgeInfo>) -> AssertionResult {
+    fn unmeasured(&self, reason: String) -> AssertionResult {
         AssertionResult {
             label: self.label.clone(),
             pass: false,
@@ -459,34 +464,7 @@ impl Assertion {
             weight: self.weight,
             metric: self.metric.clone(),
             unmeasured: true,
-            judge,
-        }
-    }
-
-    fn evaluate_judged(&self, output: &Output<'_>) -> AssertionResult {
-        let verdict = match output.judgements.get(&self.id) {
-            Some(Ok(verdict)) => verdict.clone(),
-            Some(Err(reason)) => return self.unmeasured(reason.clone(), None),
-            None => return self.unmeasured("internal: the judge was not asked".into(), None),
-        };
-        let (pass, score, reason) = if self.negate {
-            (
-                !verdict.pass,
-                1.0 - verdict.score,
-                format!("expected the opposite: {}", verdict.reason),
-            )
-        } else {
-            (verdict.pass, verdict.score, verdict.reason)
-        };
-        AssertionResult {
-            label: self.label.clone(),
-            pass,
-            score,
-            reason,
-            weight: self.weight,
-            metric: self.metric.clone(),
-            unmeasured: false,
-            judge: Some(verdict.judge),
+            judge: None,
         }
     }
 
@@ -504,12 +482,7 @@ impl Assertion {
             .collect();
         let (score, pass) = verdict(&results, self.threshold);
         let Some(pass) = pass else {
-            let reasons: Vec<String> = results
-                .iter()
-                .filter(|r| r.unmeasured)
-                .map(|r| format!("`{}`: {}", r.label, r.reason))
-                .collect();
-            return Err(reasons.join("; "));
+            return Err(unmeasured_reasons(&results));
         };
         let failed: Vec<&str> = results
             .iter()
@@ -529,7 +502,8 @@ impl Assertion {
         Ok((pass, score, reason))
     }
 
-    fn rendered_value(&self, vars: &Map<String, Value>) -> Result<Value, String> {
+    /// `value`, rendered with the test's vars.
+    pub(crate) fn rendered_value(&self, vars: &Map<String, Value>) -> Result<Value, String> {
         match &self.value {
             Some(value) => render_value(value, vars),
             None => Ok(Value::Null),
@@ -899,6 +873,16 @@ pub fn verdict(results: &[AssertionResult], threshold: Option<f64>) -> (f64, Opt
         }
     };
     (score, pass)
+}
+
+/// Why the unmeasured ones among `results` were not measured, each with its label.
+pub fn unmeasured_reasons(results: &[AssertionResult]) -> String {
+    let reasons: Vec<String> = results
+        .iter()
+        .filter(|r| r.unmeasured)
+        .map(|r| format!("`{}`: {}", r.label, r.reason))
+        .collect();
+    reasons.join("; ")
 }
 
 /// (weighted mean score, whether every weighted assertion passed). Weight-0 assertions are

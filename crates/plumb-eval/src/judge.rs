@@ -288,9 +288,10 @@ impl JudgeContext {
     }
 
     async fn judge(&self, assertion: &Assertion, subject: &Subject<'_>) -> Result<Verdict, String> {
-        let own = assertion.grader.as_deref().map(crate::suite::grader_key);
-        let grader = own
-            .as_deref()
+        let grader = assertion
+            .grader
+            .as_ref()
+            .map(|grader| grader.key.as_str())
             .or(self.graders.default.as_deref())
             .ok_or_else(|| {
                 format!(
@@ -314,98 +315,83 @@ impl JudgeContext {
         if !vars.contains_key("input") {
             vars.insert("input".into(), Value::String(subject.input.to_owned()));
         }
-        let value = assertion.rendered_judge_value(subject.vars)?;
+        let value = assertion.rendered_value(subject.vars)?;
         use AssertionType as T;
-        match assertion.kind {
-            T::LlmRubric => {
-                let graded = assertion.threshold.is_some();
-                vars.insert("rubric".into(), Value::String(value_text(&value)));
-                let prompt = assertion.rubric_prompt.clone().unwrap_or_else(|| {
-                    prompt(
-                        RUBRIC_SYSTEM,
-                        if graded {
-                            RUBRIC_USER_GRADED
-                        } else {
-                            RUBRIC_USER_BINARY
-                        },
-                    )
-                });
-                let schema = if graded {
-                    object_schema(&[
-                        ("reason", reason_schema()),
-                        (
-                            "score",
-                            json!({"type": "number", "minimum": 0, "maximum": 1}),
-                        ),
-                    ])
-                } else {
-                    object_schema(&[
-                        ("reason", reason_schema()),
-                        ("pass", json!({"type": "boolean"})),
-                    ])
-                };
-                let (answer, info) = self.ask(&model, grader, &prompt, &vars, schema).await?;
-                let reason = text_field(&answer, "reason");
-                if graded {
-                    let score = number_field(&answer, "score")?.clamp(0.0, 1.0);
-                    let threshold = assertion.threshold.unwrap_or(0.5);
-                    Ok(Verdict {
-                        pass: score >= threshold,
-                        score,
-                        reason: format!("score {score:.2} (threshold {threshold}): {reason}"),
-                        judge: info,
-                    })
-                } else {
-                    let pass = answer
-                        .get("pass")
-                        .and_then(Value::as_bool)
-                        .ok_or("the judge's answer has no boolean `pass`")?;
-                    Ok(Verdict {
-                        pass,
-                        score: if pass { 1.0 } else { 0.0 },
-                        reason,
-                        judge: info,
-                    })
-                }
-            }
-            T::ModelGradedClosedqa => {
-                vars.insert("criteria".into(), Value::String(value_text(&value)));
-                let prompt = assertion
-                    .rubric_prompt
-                    .clone()
-                    .unwrap_or_else(|| prompt(CLOSEDQA_SYSTEM, CLOSEDQA_USER));
-                let schema = object_schema(&[
-                    ("reasoning", reason_schema()),
-                    ("answer", json!({"type": "string", "enum": ["Y", "N"]})),
-                ]);
-                let (answer, info) = self.ask(&model, grader, &prompt, &vars, schema).await?;
-                let pass = match answer.get("answer").and_then(Value::as_str) {
-                    Some("Y") => true,
-                    Some("N") => false,
-                    _ => return Err("the judge's answer has no `answer` of Y or N".into()),
-                };
+        if assertion.kind == T::GEval {
+            return self.g_eval(assertion, &model, grader, &value, vars).await;
+        }
+        let graded = assertion.threshold.is_some();
+        // The variable the value fills, the built-in prompt, and the answer's decisive field.
+        let (name, (system, user), decision) = match assertion.kind {
+            T::LlmRubric if graded => (
+                "rubric",
+                (RUBRIC_SYSTEM, RUBRIC_USER_GRADED),
+                (
+                    "score",
+                    json!({"type": "number", "minimum": 0, "maximum": 1}),
+                ),
+            ),
+            T::LlmRubric => (
+                "rubric",
+                (RUBRIC_SYSTEM, RUBRIC_USER_BINARY),
+                ("pass", json!({"type": "boolean"})),
+            ),
+            T::ModelGradedClosedqa => (
+                "criteria",
+                (CLOSEDQA_SYSTEM, CLOSEDQA_USER),
+                ("answer", json!({"type": "string", "enum": ["Y", "N"]})),
+            ),
+            T::Factuality => (
+                "ideal",
+                (FACTUALITY_SYSTEM, FACTUALITY_USER),
+                (
+                    "choice",
+                    json!({"type": "string", "enum": ["A", "B", "C", "D", "E"]}),
+                ),
+            ),
+            other => return Err(format!("`{}` is not a judged assertion", other.name())),
+        };
+        let because = if assertion.kind == T::LlmRubric {
+            "reason"
+        } else {
+            "reasoning"
+        };
+        vars.insert(name.into(), Value::String(value_text(&value)));
+        let prompt = assertion
+            .rubric_prompt
+            .clone()
+            .unwrap_or_else(|| prompt(system, user));
+        let field = decision.0;
+        let schema = object_schema(&[(because, reason_schema()), decision]);
+        let (answer, judge) = self.ask(&model, grader, &prompt, &vars, schema).await?;
+        let reason = text_field(&answer, because);
+        let binary = |pass: bool, reason: String| Verdict {
+            pass,
+            score: if pass { 1.0 } else { 0.0 },
+            reason,
+            judge: judge.clone(),
+        };
+        match (assertion.kind, answer.get(field)) {
+            (T::LlmRubric, Some(Value::Bool(pass))) => Ok(binary(*pass, reason)),
+            (T::LlmRubric, Some(score)) if graded => {
+                let score = score
+                    .as_f64()
+                    .ok_or("the judge's answer has no number `score`")?
+                    .clamp(0.0, 1.0);
+                let threshold = assertion.threshold.unwrap_or(0.5);
                 Ok(Verdict {
-                    pass,
-                    score: if pass { 1.0 } else { 0.0 },
-                    reason: text_field(&answer, "reasoning"),
-                    judge: info,
+                    pass: score >= threshold,
+                    score,
+                    reason: format!("score {score:.2} (threshold {threshold}): {reason}"),
+                    judge,
                 })
             }
-            T::Factuality => {
-                vars.insert("ideal".into(), Value::String(value_text(&value)));
-                let prompt = assertion
-                    .rubric_prompt
-                    .clone()
-                    .unwrap_or_else(|| prompt(FACTUALITY_SYSTEM, FACTUALITY_USER));
-                let schema = object_schema(&[
-                    ("reasoning", reason_schema()),
-                    (
-                        "choice",
-                        json!({"type": "string", "enum": ["A", "B", "C", "D", "E"]}),
-                    ),
-                ]);
-                let (answer, info) = self.ask(&model, grader, &prompt, &vars, schema).await?;
-                let choice = answer.get("choice").and_then(Value::as_str).unwrap_or("");
+            (T::ModelGradedClosedqa, Some(Value::String(answer)))
+                if answer == "Y" || answer == "N" =>
+            {
+                Ok(binary(answer == "Y", reason))
+            }
+            (T::Factuality, Some(Value::String(choice))) => {
                 let scores = assertion.factuality.clone().unwrap_or_default();
                 let (score, meaning) = scores
                     .of(choice)
@@ -417,15 +403,11 @@ impl JudgeContext {
                 Ok(Verdict {
                     pass,
                     score,
-                    reason: format!(
-                        "({choice}) the output is {meaning}: {}",
-                        text_field(&answer, "reasoning")
-                    ),
-                    judge: info,
+                    reason: format!("({choice}) the output is {meaning}: {reason}"),
+                    judge,
                 })
             }
-            T::GEval => self.g_eval(assertion, &model, grader, &value, vars).await,
-            other => Err(format!("`{}` is not a judged assertion", other.name())),
+            _ => Err(format!("the judge's answer has no usable `{field}`")),
         }
     }
 

@@ -398,11 +398,13 @@ pub async fn run(
                         suite: suite.clone(),
                         model: models[provider_idx as usize].clone(),
                         provider_gate: per_provider[provider_idx as usize].clone(),
-                        store: store.clone(),
+                        caller: Caller {
+                            store: store.clone(),
+                            cache: options.cache,
+                            repeat: (repeat > 1).then_some(repeat_idx),
+                        },
                         embedders: embedders.clone(),
-                        cache: options.cache,
                         key,
-                        repeats: repeat,
                         graders: graders.clone(),
                         steps: steps.clone(),
                     };
@@ -461,24 +463,15 @@ struct Job {
     suite: Arc<Suite>,
     model: Arc<dyn ChatModel>,
     provider_gate: Arc<Semaphore>,
-    store: Arc<dyn Store>,
+    /// The model's and the judges' calls, through the run's cache.
+    caller: Caller,
     embedders: Arc<HashMap<String, Arc<dyn Embedder>>>,
-    cache: CacheMode,
     key: CaseKey,
-    repeats: u32,
     graders: Arc<Graders>,
     steps: Arc<StepsMemo>,
 }
 
 impl Job {
-    fn caller(&self) -> Caller {
-        Caller {
-            store: self.store.clone(),
-            cache: self.cache,
-            repeat: (self.repeats > 1).then_some(self.key.repeat_idx),
-        }
-    }
-
     async fn run(self) -> Result<CaseResult, RunError> {
         let suite = &self.suite;
         let prompt = &suite.prompts[self.key.prompt_idx as usize];
@@ -497,7 +490,7 @@ impl Job {
             .acquire()
             .await
             .map_err(|e| RunError::Internal(e.to_string()))?;
-        let answer = self.call_cached(&request).await;
+        let answer = self.caller.call(&self.model, &request, "").await;
         let mut result = CaseResult {
             prompt_idx: self.key.prompt_idx,
             provider_idx: self.key.provider_idx,
@@ -559,7 +552,7 @@ impl Job {
                 };
                 let judges = JudgeContext {
                     graders: self.graders.clone(),
-                    caller: self.caller(),
+                    caller: self.caller.clone(),
                     steps: self.steps.clone(),
                 };
                 let input = request
@@ -593,12 +586,10 @@ impl Job {
                 let (score, pass) = assertion::verdict(&results, test.threshold);
                 result.pass = pass;
                 if pass.is_none() {
-                    let reasons: Vec<String> = results
-                        .iter()
-                        .filter(|r| r.unmeasured)
-                        .map(|r| format!("`{}`: {}", r.label, r.reason))
-                        .collect();
-                    result.error = Some(format!("judge: {}", reasons.join("; ")));
+                    result.error = Some(format!(
+                        "judge: {}",
+                        assertion::unmeasured_reasons(&results)
+                    ));
                 }
                 result.score = score;
                 result.assertions = results;
@@ -646,14 +637,6 @@ impl Job {
             }
         }
         Ok(embeddings)
-    }
-
-    /// (response, latency in ms, whether it came from the cache).
-    async fn call_cached(
-        &self,
-        request: &ChatRequest,
-    ) -> Result<(ChatResponse, f64, bool), ModelError> {
-        self.caller().call(&self.model, request, "").await
     }
 }
 

@@ -39,7 +39,31 @@ pub struct Suite {
     pub content_hash: String,
     /// `defaultTest.options.provider`: the grader of judged assertions that name none (and
     /// whose test names none); `plumb eval --grader` overrides it.
-    pub default_grader: Option<Arc<ProviderSpec>>,
+    pub default_grader: Option<Arc<Grader>>,
+}
+
+/// The provider of a judge, with its identity computed once: its id, plus its config when it
+/// has one (graders with different configs are different graders).
+#[derive(Debug)]
+pub struct Grader {
+    pub key: String,
+    pub spec: ProviderSpec,
+}
+
+impl Grader {
+    fn new(spec: ProviderSpec) -> Grader {
+        let params = serde_json::to_string(&spec.params).unwrap_or_default();
+        let key = if spec.options.is_empty() && params == "{}" {
+            spec.id.clone()
+        } else {
+            format!(
+                "{} {params} {}",
+                spec.id,
+                Value::Object(spec.options.clone())
+            )
+        };
+        Grader { key, spec }
+    }
 }
 
 #[derive(Debug)]
@@ -201,11 +225,11 @@ impl Suite {
             .as_ref()
             .and_then(|o| o.provider.clone())
         {
-            Some(entry) => Some(Arc::new(resolve_provider(
+            Some(entry) => Some(Arc::new(Grader::new(resolve_provider(
                 entry,
                 path,
                 &SourceError::in_file(path, "").with_hint("in `defaultTest.options.provider`"),
-            )?)),
+            )?))),
             None => None,
         };
         let mut tests = Vec::new();
@@ -290,18 +314,19 @@ impl Suite {
     }
 
     /// The graders the suite's judged assertions use, by key (the default grader included).
-    pub fn graders(&self) -> IndexMap<String, Arc<ProviderSpec>> {
-        fn walk(assertion: &Assertion, into: &mut IndexMap<String, Arc<ProviderSpec>>) {
-            if let Some(spec) = &assertion.grader {
-                into.entry(grader_key(spec)).or_insert_with(|| spec.clone());
+    pub fn graders(&self) -> IndexMap<String, Arc<Grader>> {
+        fn walk(assertion: &Assertion, into: &mut IndexMap<String, Arc<Grader>>) {
+            if let Some(grader) = &assertion.grader {
+                into.entry(grader.key.clone())
+                    .or_insert_with(|| grader.clone());
             }
             for child in &assertion.children {
                 walk(child, into);
             }
         }
         let mut graders = IndexMap::new();
-        if let Some(spec) = &self.default_grader {
-            graders.insert(grader_key(spec), spec.clone());
+        if let Some(grader) = &self.default_grader {
+            graders.insert(grader.key.clone(), grader.clone());
         }
         for test in &self.tests {
             for assertion in &test.asserts {
@@ -900,7 +925,11 @@ fn resolve_assertion(raw: &RawAssertion, path: &Path) -> Result<Assertion, Sourc
                 }
             }
         } else if resolved.kind.is_judged() {
-            resolved.grader = Some(Arc::new(resolve_provider(provider.clone(), path, &at)?));
+            resolved.grader = Some(Arc::new(Grader::new(resolve_provider(
+                provider.clone(),
+                path,
+                &at,
+            )?)));
         } else {
             return Err(
                 with_message(&at, format!("`{}` takes no `provider`", raw.kind.value))
@@ -924,25 +953,11 @@ fn resolve_assertion(raw: &RawAssertion, path: &Path) -> Result<Assertion, Sourc
     Ok(resolved)
 }
 
-/// A grader's identity: its id, plus its config when it has one.
-pub fn grader_key(spec: &ProviderSpec) -> String {
-    let params = serde_json::to_string(&spec.params).unwrap_or_default();
-    if spec.options.is_empty() && params == "{}" {
-        spec.id.clone()
-    } else {
-        format!(
-            "{} {params} {}",
-            spec.id,
-            Value::Object(spec.options.clone())
-        )
-    }
-}
-
 /// Gives the test's judged assertions its grader, judge prompt and factuality scores where
 /// they name none, and checks that every variable their judge prompt reads will be there.
 fn apply_judge_options(
     asserts: &mut [Assertion],
-    grader: Option<&Arc<ProviderSpec>>,
+    grader: Option<&Arc<Grader>>,
     rubric_prompt: Option<&JudgePrompt>,
     factuality: Option<&FactualityScores>,
     vars: &IndexMap<String, Value>,
@@ -1025,7 +1040,11 @@ fn push_test(
     asserts.extend(extra_asserts);
     let options_at = SourceError::in_file(path, "").with_hint("in the test's `options`");
     let grader = match own_grader {
-        Some(entry) => Some(Arc::new(resolve_provider(entry, path, &options_at)?)),
+        Some(entry) => Some(Arc::new(Grader::new(resolve_provider(
+            entry,
+            path,
+            &options_at,
+        )?))),
         None => None,
     };
     let rubric_prompt = match &options.rubric_prompt {

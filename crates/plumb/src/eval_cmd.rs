@@ -225,7 +225,7 @@ fn build_graders(
     let mut specs: Vec<(String, String, serde_json::Map<String, serde_json::Value>)> = suite
         .graders()
         .into_iter()
-        .map(|(key, spec)| (key, spec.id.clone(), spec.options.clone()))
+        .map(|(key, grader)| (key, grader.spec.id.clone(), grader.spec.options.clone()))
         .collect();
     if let Some(id) = cli_grader
         && !specs.iter().any(|(key, _, _)| key == id)
@@ -233,12 +233,9 @@ fn build_graders(
         specs.push((id.to_owned(), id.to_owned(), serde_json::Map::new()));
     }
     let mut graders = plumb_eval::judge::Graders {
-        default: cli_grader.map(str::to_owned).or_else(|| {
-            suite
-                .default_grader
-                .as_deref()
-                .map(plumb_eval::suite::grader_key)
-        }),
+        default: cli_grader
+            .map(str::to_owned)
+            .or_else(|| suite.default_grader.as_ref().map(|g| g.key.clone())),
         ..Default::default()
     };
     if !suite.has_judged() {

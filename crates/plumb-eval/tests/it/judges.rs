@@ -92,6 +92,13 @@ struct Outcome {
     summary: plumb_eval::Summary,
 }
 
+impl Outcome {
+    /// (pass, score) of each case, in case order.
+    fn verdicts(&self) -> Vec<(Option<bool>, f64)> {
+        self.results.iter().map(|r| (r.pass, r.score)).collect()
+    }
+}
+
 async fn run_suite(
     dir: &std::path::Path,
     yaml: &str,
@@ -178,10 +185,8 @@ async fn rubric_verdicts_give_exact_scores_and_never_disagree() {
         CacheMode::Off,
     )
     .await;
-    let verdicts: Vec<(Option<bool>, f64)> =
-        out.results.iter().map(|r| (r.pass, r.score)).collect();
     assert_eq!(
-        verdicts,
+        out.verdicts(),
         vec![
             (Some(true), 1.0),
             (Some(false), 0.0),
@@ -300,10 +305,8 @@ async fn factuality_closedqa_and_configured_scores() {
         "  - assert: [{type: model-graded-closedqa, value: names a river}]\n",
     );
     let out = run_suite(dir.path(), yaml, Some(judge), CacheMode::Off).await;
-    let verdicts: Vec<(Option<bool>, f64)> =
-        out.results.iter().map(|r| (r.pass, r.score)).collect();
     assert_eq!(
-        verdicts,
+        out.verdicts(),
         vec![
             (Some(true), 1.0),
             (Some(false), 0.0),
