@@ -43,9 +43,13 @@ pub enum AssertionType {
     GEval,
     ModelGradedClosedqa,
     Factuality,
+    ContextFaithfulness,
+    AnswerRelevance,
+    ContextPrecision,
+    ContextRecall,
 }
 
-const SUPPORTED: [(&str, AssertionType); 26] = [
+const SUPPORTED: [(&str, AssertionType); 30] = [
     ("equals", AssertionType::Equals),
     ("contains", AssertionType::Contains),
     ("icontains", AssertionType::Icontains),
@@ -75,14 +79,15 @@ const SUPPORTED: [(&str, AssertionType); 26] = [
     ("model-graded-closedqa", AssertionType::ModelGradedClosedqa),
     ("factuality", AssertionType::Factuality),
     ("model-graded-factuality", AssertionType::Factuality),
+    ("context-faithfulness", AssertionType::ContextFaithfulness),
+    ("answer-relevance", AssertionType::AnswerRelevance),
+    ("context-precision", AssertionType::ContextPrecision),
+    ("context-recall", AssertionType::ContextRecall),
 ];
 
 /// promptfoo types plumb knows of but does not run yet: named so the error says "not supported"
 /// rather than "unknown", and never silently skipped.
-const NOT_YET: [&str; 28] = [
-    "answer-relevance",
-    "context-faithfulness",
-    "context-recall",
+const NOT_YET: [&str; 25] = [
     "context-relevance",
     "select-best",
     "max-score",
@@ -125,6 +130,15 @@ impl AssertionType {
         matches!(
             self,
             T::LlmRubric | T::GEval | T::ModelGradedClosedqa | T::Factuality
+        ) || self.is_rag()
+    }
+
+    /// A RAG metric: judged against the retrieved context (RAGAS's algorithms).
+    pub fn is_rag(self) -> bool {
+        use AssertionType as T;
+        matches!(
+            self,
+            T::ContextFaithfulness | T::AnswerRelevance | T::ContextPrecision | T::ContextRecall
         )
     }
 
@@ -397,17 +411,58 @@ impl Assertion {
                             && items.iter().all(Value::is_string) => {}
                     _ => return need(what),
                 }
-                if let Some(threshold) = self.threshold
-                    && !(0.0..=1.0).contains(&threshold)
-                {
+                self.check_unit_threshold()?;
+            }
+            T::ContextRecall => {
+                match &self.value {
+                    Some(Value::String(text)) if !text.trim().is_empty() => {}
+                    _ => return need("the reference answer the context should support"),
+                }
+                self.check_unit_threshold()?;
+            }
+            T::ContextPrecision => {
+                match &self.value {
+                    None => {}
+                    Some(Value::String(text)) if !text.trim().is_empty() => {}
+                    _ => {
+                        return Err((
+                            format!(
+                                "`{label}`: `value` is the reference answer (text); leave it out \
+                                 to judge the chunks against the output"
+                            ),
+                            None,
+                        ));
+                    }
+                }
+                self.check_unit_threshold()?;
+            }
+            T::ContextFaithfulness | T::AnswerRelevance => {
+                if self.value.is_some() {
                     return Err((
-                        format!("`{label}`: threshold must be in [0, 1], got {threshold}"),
+                        format!(
+                            "`{label}` takes no `value`: it reads the test's vars (`query`, \
+                             `context`)"
+                        ),
                         None,
                     ));
                 }
+                self.check_unit_threshold()?;
             }
         }
         Ok(())
+    }
+
+    fn check_unit_threshold(&self) -> Result<(), (String, Option<String>)> {
+        match self.threshold {
+            Some(threshold) if !(0.0..=1.0).contains(&threshold) => Err((
+                format!(
+                    "`{}`: threshold must be in [0, 1], got {threshold}",
+                    self.label
+                ),
+                None,
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub fn evaluate(&self, output: &Output<'_>, vars: &Map<String, Value>) -> AssertionResult {
@@ -782,15 +837,23 @@ impl Assertion {
                 ))
             }
             T::AssertSet => Err("internal: assert-set evaluated as a leaf".into()),
-            T::LlmRubric | T::GEval | T::ModelGradedClosedqa | T::Factuality => {
-                Err("internal: a judged assertion evaluated as code".into())
-            }
+            T::LlmRubric
+            | T::GEval
+            | T::ModelGradedClosedqa
+            | T::Factuality
+            | T::ContextFaithfulness
+            | T::AnswerRelevance
+            | T::ContextPrecision
+            | T::ContextRecall => Err("internal: a judged assertion evaluated as code".into()),
         }
     }
 
-    /// The embedder id of a `similar` assertion.
+    /// The embedder id of a `similar` assertion; `answer-relevance` uses the default one.
     pub fn embedder(&self) -> &str {
-        self.provider.as_deref().unwrap_or(DEFAULT_EMBEDDER)
+        match self.kind {
+            AssertionType::Similar => self.provider.as_deref().unwrap_or(DEFAULT_EMBEDDER),
+            _ => DEFAULT_EMBEDDER,
+        }
     }
 
     /// The rendered reference texts of a `similar` assertion.
@@ -979,7 +1042,7 @@ pub fn render_value(value: &Value, vars: &Map<String, Value>) -> Result<Value, S
     })
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a
         .iter()
         .zip(b)

@@ -554,6 +554,7 @@ impl Job {
                     graders: self.graders.clone(),
                     caller: self.caller.clone(),
                     steps: self.steps.clone(),
+                    embedders: self.embedders.clone(),
                 };
                 let input = request
                     .messages

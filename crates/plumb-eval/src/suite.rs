@@ -349,9 +349,11 @@ impl Suite {
     /// The embedder ids the suite's `similar` assertions use.
     pub fn embedders(&self) -> Vec<String> {
         fn walk(assertion: &Assertion, into: &mut Vec<String>) {
-            if assertion.kind == assertion::AssertionType::Similar
-                && !into.iter().any(|e| e == assertion.embedder())
-            {
+            let embeds = matches!(
+                assertion.kind,
+                assertion::AssertionType::Similar | assertion::AssertionType::AnswerRelevance
+            );
+            if embeds && !into.iter().any(|e| e == assertion.embedder()) {
                 into.push(assertion.embedder().to_owned());
             }
             for child in &assertion.children {
@@ -938,6 +940,15 @@ fn resolve_assertion(raw: &RawAssertion, path: &Path) -> Result<Assertion, Sourc
         }
     }
     if let Some(prompt) = &raw.rubric_prompt {
+        if resolved.kind.is_rag() {
+            return Err(with_message(
+                &at,
+                format!(
+                    "`{}` takes no `rubricPrompt`: it asks several built-in questions",
+                    raw.kind.value
+                ),
+            ));
+        }
         if !resolved.kind.is_judged() {
             return Err(
                 with_message(&at, format!("`{}` takes no `rubricPrompt`", raw.kind.value))
@@ -978,7 +989,8 @@ fn apply_judge_options(
         if assertion.grader.is_none() {
             assertion.grader = grader.cloned();
         }
-        if assertion.rubric_prompt.is_none() {
+        // RAG metrics ask several built-in questions; a test's `rubricPrompt` is for the others.
+        if assertion.rubric_prompt.is_none() && !assertion.kind.is_rag() {
             assertion.rubric_prompt = rubric_prompt.cloned();
         }
         if assertion.factuality.is_none() {
@@ -1078,7 +1090,13 @@ fn push_test(
     let combos = if options.disable_var_expansion.unwrap_or(false) {
         vec![vars]
     } else {
-        expand_vars(vars)
+        // A RAG metric reads `context` as the list of retrieved chunks, not as values to expand.
+        let keep: &[&str] = if has_rag(&asserts) {
+            &["context", "contexts"]
+        } else {
+            &[]
+        };
+        expand_vars(vars, keep)
     };
     if tests.len() + combos.len() > MAX_TESTS {
         return Err(SourceError::in_file(path, format!("the suite expands to more than {MAX_TESTS} tests"))
@@ -1100,12 +1118,19 @@ fn push_test(
     Ok(())
 }
 
-/// promptfoo's rule: every array-valued var multiplies the test into one per element.
-fn expand_vars(vars: IndexMap<String, Value>) -> Vec<IndexMap<String, Value>> {
+fn has_rag(asserts: &[Assertion]) -> bool {
+    asserts
+        .iter()
+        .any(|a| a.kind.is_rag() || has_rag(&a.children))
+}
+
+/// promptfoo's rule: every array-valued var (except those in `keep`) multiplies the test into
+/// one per element.
+fn expand_vars(vars: IndexMap<String, Value>, keep: &[&str]) -> Vec<IndexMap<String, Value>> {
     let mut combos = vec![IndexMap::new()];
     for (key, value) in vars {
         match value {
-            Value::Array(items) if !items.is_empty() => {
+            Value::Array(items) if !items.is_empty() && !keep.contains(&key.as_str()) => {
                 let mut next = Vec::with_capacity(combos.len() * items.len());
                 for combo in &combos {
                     for item in &items {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use plumb_core::{
-    BoxFuture, ChatModel, ChatRequest, ChatResponse, FinishReason, ModelError, ResponseFormat,
-    TokenLogprob,
+    BoxFuture, ChatModel, ChatRequest, ChatResponse, Embedder, FinishReason, ModelError,
+    ResponseFormat, TokenLogprob,
 };
 use plumb_eval::judge::Graders;
 use plumb_eval::{CacheMode, CaseResult, RunOptions, Suite, summarize};
@@ -42,17 +42,24 @@ impl ChatModel for Judge {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
-        assert_eq!(request.params.temperature, Some(0.0));
-        assert!(matches!(
-            request.params.response_format,
-            Some(ResponseFormat::JsonSchema { .. })
-        ));
         let text: Vec<&str> = request
             .messages
             .iter()
             .map(|m| m.content.as_str())
             .collect();
-        let content = (self.script)(&text.join("\n"), call);
+        let text = text.join("\n");
+        // Only answer-relevance samples its several questions (at RAGAS's 0.3).
+        let temperature = if text.contains("noncommittal") {
+            0.3
+        } else {
+            0.0
+        };
+        assert_eq!(request.params.temperature, Some(temperature));
+        assert!(matches!(
+            request.params.response_format,
+            Some(ResponseFormat::JsonSchema { .. })
+        ));
+        let content = (self.script)(&text, call);
         let logprobs = self.logprobs.clone();
         Box::pin(async move {
             Ok(ChatResponse {
@@ -105,6 +112,16 @@ async fn run_suite(
     judge: Option<Arc<Judge>>,
     cache: CacheMode,
 ) -> Outcome {
+    run_suite_with(dir, yaml, judge, cache, HashMap::new()).await
+}
+
+async fn run_suite_with(
+    dir: &std::path::Path,
+    yaml: &str,
+    judge: Option<Arc<Judge>>,
+    cache: CacheMode,
+    embedders: HashMap<String, Arc<dyn Embedder>>,
+) -> Outcome {
     let path = dir.join("suite.yaml");
     std::fs::write(&path, yaml).unwrap();
     let suite = Arc::new(Suite::load(&path).unwrap());
@@ -125,7 +142,7 @@ async fn run_suite(
         suite,
         plumb_eval::Backends {
             models: vec![Arc::new(Fixed("Paris is the capital of France."))],
-            embedders: HashMap::new(),
+            embedders,
             graders,
         },
         store.clone(),
@@ -440,4 +457,207 @@ fn rubric_prompts_must_only_read_known_variables() {
             .to_string()
             .contains("the reference answer")
     );
+}
+
+/// One axis per distinct word: texts with no word in common are orthogonal, equal texts have
+/// cosine 1, so answer-relevance's scores are exact.
+#[derive(Default)]
+struct Words {
+    vocabulary: std::sync::Mutex<Vec<String>>,
+}
+
+impl Embedder for Words {
+    fn id(&self) -> &str {
+        "words"
+    }
+    fn embed<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Vec<f32>>, ModelError>> {
+        let mut vocabulary = self.vocabulary.lock().unwrap();
+        let vectors = texts
+            .iter()
+            .map(|text| {
+                let mut vector = vec![0f32; 64];
+                for word in text.to_lowercase().split_whitespace() {
+                    let axis = match vocabulary.iter().position(|w| w == word) {
+                        Some(axis) => axis,
+                        None => {
+                            vocabulary.push(word.to_owned());
+                            vocabulary.len() - 1
+                        }
+                    };
+                    vector[axis] += 1.0;
+                }
+                let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
+                vector.iter().map(|x| x / norm).collect()
+            })
+            .collect();
+        Box::pin(async move { Ok(vectors) })
+    }
+}
+
+fn rag_judge() -> Arc<Judge> {
+    Judge::new(|text, _| {
+        if text.contains("List the answer's statements") {
+            if text.contains("EMPTY") {
+                return r#"{"statements": []}"#.into();
+            }
+            return r#"{"statements": ["Paris is the capital of France.", "Paris has two million people.", "France is in Europe."]}"#.into();
+        }
+        if text.contains("[Statements]") {
+            return r#"{"verdicts": [{"reason": "stated", "supported": true}, {"reason": "not stated", "supported": false}, {"reason": "follows", "supported": true}]}"#.into();
+        }
+        if text.contains("[Passage]") {
+            let passage = text.split("[Passage]").nth(1).unwrap_or("");
+            let useful = passage
+                .split("Was the passage")
+                .next()
+                .unwrap_or("")
+                .contains("Paris");
+            return format!(r#"{{"reason": "r", "useful": {useful}}}"#);
+        }
+        if text.contains("[Reference answer]") {
+            return r#"{"statements": [{"statement": "Paris is the capital of France.", "reason": "said", "attributed": true}, {"statement": "Paris has two million people.", "reason": "absent", "attributed": false}]}"#.into();
+        }
+        r#"{"reason": "?", "pass": false}"#.into()
+    })
+}
+
+#[tokio::test]
+async fn rag_metrics_give_ragas_scores_from_known_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let judge = rag_judge();
+    let yaml = r#"prompts: ['{{ query }}']
+providers: [fixed]
+tests:
+  - vars: {query: What is the capital of France?, context: Paris is the capital and largest city of France.}
+    assert: [{type: context-faithfulness, threshold: 0.6}]
+  - vars: {query: What is the capital of France?, context: Paris is the capital and largest city of France.}
+    assert: [{type: context-faithfulness, threshold: 0.7}]
+  - vars: {query: EMPTY, context: anything}
+    assert: [{type: context-faithfulness}]
+  - vars: {query: What is the capital of France?}
+    assert: [{type: context-faithfulness}]
+  - vars:
+      query: What is the capital of France?
+      context: [Paris is the capital of France., Bananas are yellow., The capital city is Paris.]
+    assert: [{type: context-precision, threshold: 0.8}]
+  - vars:
+      query: What is the capital of France?
+      contexts: [Bananas are yellow., Paris is the capital of France.]
+    assert: [{type: context-precision, value: Paris is the capital., threshold: 0.8}]
+  - vars: {query: What is the capital of France?, context: Paris is the capital of France.}
+    assert: [{type: context-recall, value: 'Paris is the capital of France. It has two million people.', threshold: 0.5}]
+  - vars: {query: What is the capital of France?, context: ''}
+    assert: [{type: context-recall, value: Paris.}]
+"#;
+    let out = run_suite(dir.path(), yaml, Some(judge.clone()), CacheMode::Off).await;
+    let verdicts = out.verdicts();
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    assert_eq!(verdicts[0].0, Some(true));
+    assert!(close(verdicts[0].1, 2.0 / 3.0), "{verdicts:?}");
+    assert_eq!(verdicts[1].0, Some(false), "2/3 < 0.7");
+    assert_eq!(verdicts[2].0, None, "no statements: nothing to score");
+    assert!(
+        out.results[2].assertions[0]
+            .reason
+            .contains("no statements")
+    );
+    assert_eq!(verdicts[3].0, None);
+    assert!(
+        out.results[3].assertions[0]
+            .reason
+            .contains("needs the retrieved context"),
+        "{}",
+        out.results[3].assertions[0].reason
+    );
+    // useful at ranks 1 and 3 of 3: AP = (1/1 + 2/3) / 2
+    assert_eq!(verdicts[4].0, Some(true));
+    assert!(
+        close(verdicts[4].1, (1.0 + 2.0 / 3.0) / 2.0),
+        "{verdicts:?}"
+    );
+    // useful at rank 2 only: AP = 1/2
+    assert_eq!(verdicts[5], (Some(false), 0.5));
+    assert_eq!(verdicts[6], (Some(true), 0.5));
+    assert!(
+        out.results[6].assertions[0]
+            .reason
+            .contains("not in the context: “Paris has two million people.”")
+    );
+    assert_eq!(verdicts[7].0, None, "an empty context is missing context");
+    assert_eq!(out.summary.cells[0].unmeasured, 3);
+    let faithful = out.results[0].assertions[0].judge.as_ref().unwrap();
+    assert_eq!(faithful.calls, 2, "statements, then verdicts");
+    assert_eq!(
+        out.results[4].assertions[0].judge.as_ref().unwrap().calls,
+        3,
+        "one call per chunk"
+    );
+}
+
+#[tokio::test]
+async fn answer_relevance_is_the_mean_cosine_of_generated_questions() {
+    let questions = |noncommittal: bool| {
+        Judge::new(move |text, call| {
+            assert!(text.contains("noncommittal"), "only question generations");
+            let question = match call % 3 {
+                2 => "banana bread recipe",
+                _ => "capital of france",
+            };
+            format!(r#"{{"question": "{question}", "noncommittal": {noncommittal}}}"#)
+        })
+    };
+    let yaml = "prompts: ['{{ query }}']\nproviders: [fixed]\ntests:\n  - vars: {query: capital of france}\n    assert: [{type: answer-relevance, threshold: 0.6}]\n";
+    for (noncommittal, expected) in [(false, 2.0 / 3.0), (true, 0.0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let judge = questions(noncommittal);
+        let mut embedders: HashMap<String, Arc<dyn Embedder>> = HashMap::new();
+        embedders.insert(
+            plumb_eval::assertion::DEFAULT_EMBEDDER.into(),
+            Arc::new(Words::default()),
+        );
+        let out = run_suite_with(
+            dir.path(),
+            yaml,
+            Some(judge.clone()),
+            CacheMode::Off,
+            embedders,
+        )
+        .await;
+        let (pass, score) = out.verdicts()[0];
+        assert!((score - expected).abs() < 1e-6, "{score} vs {expected}");
+        assert_eq!(pass, Some(!noncommittal));
+        assert_eq!(judge.calls.load(Ordering::SeqCst), 3, "n = 3 generations");
+        let reason = &out.results[0].assertions[0].reason;
+        assert!(reason.contains("3 generated"), "{reason}");
+    }
+}
+
+#[test]
+fn rag_metrics_check_their_shape_when_the_suite_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("suite.yaml");
+    for (assert, message) in [
+        ("{type: context-recall}", "needs a `value`"),
+        ("{type: context-faithfulness, value: x}", "takes no `value`"),
+        (
+            "{type: answer-relevance, threshold: 2}",
+            "threshold must be in [0, 1]",
+        ),
+        (
+            "{type: context-faithfulness, rubricPrompt: 'x {{ output }}'}",
+            "takes no `rubricPrompt`",
+        ),
+        ("{type: context-precision, value: [a]}", "reference answer"),
+    ] {
+        std::fs::write(
+            &path,
+            format!("prompts: ['q']\nproviders: [fixed]\ntests:\n  - assert: [{assert}]\n"),
+        )
+        .unwrap();
+        let error = Suite::load(&path).unwrap_err().to_string();
+        assert!(error.contains(message), "{assert}: {error}");
+    }
 }

@@ -617,6 +617,22 @@ fn the_judged_example_runs_offline_and_an_unknown_grader_leaves_cases_unmeasured
     );
     let judged = &case["assertions"][0]["judge"];
     assert_eq!(judged["model"], "mock:rules:rules.yaml");
+    // The RAG case: faithfulness 2/3, relevance 1, precision 1/2 (useful at rank 2), recall 1.
+    let rag = &report["results"][1];
+    let scores: Vec<f64> = rag["assertions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["score"].as_f64().unwrap())
+        .collect();
+    let expected = [2.0 / 3.0, 1.0, 0.5, 1.0];
+    assert!(
+        scores
+            .iter()
+            .zip(expected)
+            .all(|(got, want)| (got - want).abs() < 1e-6),
+        "{scores:?}"
+    );
 
     let output = project.plumb(&[
         "eval",
@@ -632,5 +648,5 @@ fn the_judged_example_runs_offline_and_an_unknown_grader_leaves_cases_unmeasured
     );
     let text = format!("{}{}", stdout(&output), stderr(&output));
     assert!(text.contains("grader `nosuch:x` cannot be used"), "{text}");
-    assert!(text.contains("1 unmeasured"), "{text}");
+    assert!(text.contains("2 unmeasured"), "{text}");
 }

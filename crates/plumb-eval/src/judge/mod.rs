@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use plumb_core::{
-    ChatModel, ChatRequest, JsonSchemaFormat, Message, ModelErrorKind, ModelParams, ResponseFormat,
-    Role, TokenLogprob, Usage, hash_hex,
+    ChatModel, ChatRequest, Embedder, JsonSchemaFormat, Message, ModelErrorKind, ModelParams,
+    ResponseFormat, Role, TokenLogprob, Usage, hash_hex,
 };
 use plumb_prompt::template;
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,8 @@ use tokio::sync::{Mutex, OnceCell};
 use crate::assertion::{Assertion, AssertionType};
 use crate::metrics;
 use crate::runner::Caller;
+
+pub mod rag;
 
 /// How many times a verdict that does not fit its schema is asked again.
 const REASKS: u32 = 1;
@@ -251,6 +253,8 @@ pub struct JudgeContext {
     pub graders: Arc<Graders>,
     pub caller: Caller,
     pub steps: Arc<StepsMemo>,
+    /// For answer-relevance's question embeddings, by embedder id.
+    pub embedders: Arc<HashMap<String, Arc<dyn Embedder>>>,
 }
 
 /// Generated steps and what generating them cost, or why it failed.
@@ -262,6 +266,35 @@ type StepsCell = Arc<OnceCell<Steps>>;
 #[derive(Default)]
 pub struct StepsMemo {
     cells: Mutex<HashMap<(String, String), StepsCell>>,
+}
+
+/// One question to a judge: what `JudgeContext::ask_with` sends.
+pub(crate) struct Ask<'a> {
+    pub prompt: &'a JudgePrompt,
+    pub vars: &'a Map<String, Value>,
+    /// The JSON Schema the answer must fit.
+    pub schema: Value,
+    /// Ask for the answer tokens' probabilities (g-eval).
+    pub logprobs: bool,
+    pub temperature: f64,
+    pub max_tokens: u32,
+    /// Tells apart otherwise identical questions in the response cache (answer-relevance's n
+    /// generations); empty for the rest, whose cache keys it leaves unchanged.
+    pub salt: String,
+}
+
+impl<'a> Ask<'a> {
+    pub fn new(prompt: &'a JudgePrompt, vars: &'a Map<String, Value>, schema: Value) -> Ask<'a> {
+        Ask {
+            prompt,
+            vars,
+            schema,
+            logprobs: false,
+            temperature: 0.0,
+            max_tokens: JUDGE_MAX_TOKENS,
+            salt: String::new(),
+        }
+    }
 }
 
 /// What a case's judged assertions see: the output and the test's vars.
@@ -306,6 +339,9 @@ impl JudgeContext {
             Some(Err(error)) => return Err(format!("grader `{grader}`: {error}")),
             None => return Err(format!("grader `{grader}` was not built")),
         };
+        if assertion.kind.is_rag() {
+            return self.rag(assertion, &model, grader, subject).await;
+        }
         let mut vars = subject.vars.clone();
         vars.insert("output".into(), Value::String(subject.output.to_owned()));
         vars.insert(
@@ -451,9 +487,11 @@ impl JudgeContext {
                     json!({"type": "integer", "minimum": 0, "maximum": 10}),
                 ),
             ]);
-            let (answer, info, logprobs) = self
-                .ask_with_logprobs(model, grader, &prompt, &vars, schema)
-                .await?;
+            let ask = Ask {
+                logprobs: true,
+                ..Ask::new(&prompt, &vars, schema)
+            };
+            let (answer, info, logprobs) = self.ask_with(model, grader, &ask).await?;
             add_info(&mut total, &info);
             let raw = number_field(&answer, "score")?.clamp(0.0, 10.0);
             let weighted = logprobs
@@ -542,7 +580,7 @@ impl JudgeContext {
         })
     }
 
-    async fn ask(
+    pub(crate) async fn ask(
         &self,
         model: &Arc<dyn ChatModel>,
         grader: &str,
@@ -550,39 +588,35 @@ impl JudgeContext {
         vars: &Map<String, Value>,
         schema: Value,
     ) -> Result<(Value, JudgeInfo), String> {
-        self.ask_inner(model, grader, prompt, vars, schema, false)
+        self.ask_with(model, grader, &Ask::new(prompt, vars, schema))
             .await
             .map(|(answer, info, _)| (answer, info))
     }
 
-    async fn ask_with_logprobs(
+    /// One verdict: the rendered prompt under the schema (at temperature 0 unless `ask` says
+    /// otherwise), checked against the schema, asked again once with the error when it does
+    /// not fit. Retryable provider errors (timeouts, 429, 5xx) were already retried by the
+    /// provider; they end here as unmeasured.
+    pub(crate) async fn ask_with(
         &self,
         model: &Arc<dyn ChatModel>,
         grader: &str,
-        prompt: &JudgePrompt,
-        vars: &Map<String, Value>,
-        schema: Value,
+        ask: &Ask<'_>,
     ) -> Result<(Value, JudgeInfo, Option<Vec<TokenLogprob>>), String> {
-        self.ask_inner(model, grader, prompt, vars, schema, true)
-            .await
-    }
-
-    /// One verdict: the rendered prompt under the schema at temperature 0, checked against the
-    /// schema, asked again once with the error when it does not fit. Retryable provider errors
-    /// (timeouts, 429, 5xx) were already retried by the provider; they end here as unmeasured.
-    async fn ask_inner(
-        &self,
-        model: &Arc<dyn ChatModel>,
-        grader: &str,
-        prompt: &JudgePrompt,
-        vars: &Map<String, Value>,
-        schema: Value,
-        logprobs: bool,
-    ) -> Result<(Value, JudgeInfo, Option<Vec<TokenLogprob>>), String> {
+        let Ask {
+            prompt,
+            vars,
+            schema,
+            logprobs,
+            temperature,
+            max_tokens,
+            salt,
+        } = ask;
+        let (schema, logprobs, max_tokens) = (schema.clone(), *logprobs, *max_tokens);
         let mut messages = prompt.render(vars)?;
         let params = ModelParams {
-            temperature: Some(0.0),
-            max_tokens: Some(JUDGE_MAX_TOKENS),
+            temperature: Some(*temperature),
+            max_tokens: Some(max_tokens),
             response_format: Some(ResponseFormat::JsonSchema {
                 json_schema: JsonSchemaFormat {
                     name: "verdict".into(),
@@ -615,7 +649,7 @@ impl JudgeContext {
             };
             let (response, _, cached) = self
                 .caller
-                .call(model, &request, &format!("judge-attempt={attempt}"))
+                .call(model, &request, &format!("judge-attempt={attempt}{salt}"))
                 .await
                 .map_err(|error| {
                     let kind = match error.kind {
@@ -643,7 +677,7 @@ impl JudgeContext {
             }
             last_problem = match candidates.first() {
                 None if response.finish_reason == Some(plumb_core::FinishReason::Length) => {
-                    format!("its answer was cut off at {JUDGE_MAX_TOKENS} tokens")
+                    format!("its answer was cut off at {max_tokens} tokens")
                 }
                 None => "its answer holds no JSON object".to_owned(),
                 Some(value) => {
