@@ -1,6 +1,7 @@
 //! Summaries built from a run's stored results: per prompt × provider cells with pass rates and
-//! their Wilson intervals, paired comparisons with McNemar and bootstrap, the worst failures,
-//! and the CI gate. Built by streaming the store, so `plumb eval` and `plumb runs show` say the
+//! their Wilson intervals and mean scores with bootstrap intervals; paired comparisons of pass
+//! rate (exact McNemar), mean score and each named metric (paired permutation), Holm-corrected
+//! together and told in words; the worst failures; and the CI gate. Built by streaming the store, so `plumb eval` and `plumb runs show` say the
 //! same thing about the same run.
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +17,7 @@ use crate::suite::Thresholds;
 /// Failures kept for the terminal report.
 const WORST_FAILURES: usize = 10;
 const BOOTSTRAP_ITERATIONS: usize = 2000;
+const PERMUTATION_ITERATIONS: usize = 10_000;
 pub const ALPHA: f64 = 0.05;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -44,6 +46,9 @@ pub struct Cell {
     pub pass_rate: Option<f64>,
     pub pass_rate_ci: (f64, f64),
     pub mean_score: f64,
+    /// 95% bootstrap interval of the mean score over measured cases.
+    #[serde(default)]
+    pub mean_score_ci: (f64, f64),
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cost: f64,
@@ -60,6 +65,81 @@ pub struct Cell {
 impl Cell {
     pub fn flake_rate(&self) -> Option<f64> {
         (self.repeated_tests > 0).then(|| self.flaky_tests as f64 / self.repeated_tests as f64)
+    }
+
+    /// The flake rate's 95% Wilson interval.
+    pub fn flake_rate_ci(&self) -> (f64, f64) {
+        stats::wilson(self.flaky_tests, self.repeated_tests, stats::Z95)
+    }
+}
+
+/// One measure compared between the two sides of a comparison: its paired difference, test
+/// and p-value, Holm-adjusted across the comparison's measures.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Measure {
+    /// `pass rate`, `mean score`, or a named metric.
+    pub name: String,
+    /// B − A over the paired cases (a pass-rate difference is a share, in [−1, 1]).
+    pub diff: f64,
+    /// 95% bootstrap interval of `diff`.
+    pub ci: (f64, f64),
+    /// `exact McNemar` or `paired permutation`.
+    pub test: String,
+    pub p: f64,
+    /// Holm-adjusted over this comparison's measures.
+    pub p_adjusted: f64,
+    pub significant: bool,
+    /// The smallest difference these pairs detect with 80% power at α = 0.05.
+    pub detectable: Option<f64>,
+    /// Pairs needed to detect the observed difference with 80% power (when not significant).
+    pub cases_needed: Option<u64>,
+}
+
+impl Measure {
+    /// The measure in words: what changed, by how much, and whether that is significant.
+    pub fn describe(&self, measures: usize) -> String {
+        let is_rate = self.name == "pass rate";
+        let amount = |x: f64| {
+            if is_rate {
+                format!("{:+.1} points", x * 100.0)
+            } else {
+                format!("{x:+.3}")
+            }
+        };
+        let adjusted = if measures > 1 {
+            format!(
+                ", Holm-adjusted over {measures} measures: p {}",
+                format_p(self.p_adjusted)
+            )
+        } else {
+            String::new()
+        };
+        let head = format!(
+            "{} {} (95% CI {} to {}; {} p {}{adjusted})",
+            self.name,
+            amount(self.diff),
+            amount(self.ci.0),
+            amount(self.ci.1),
+            self.test,
+            format_p(self.p),
+        );
+        if self.significant {
+            let direction = if self.diff > 0.0 { "better" } else { "worse" };
+            return format!("{head}: significantly {direction}");
+        }
+        let mut text = format!("{head}: not significant");
+        if let Some(detectable) = self.detectable {
+            text.push_str(&format!(
+                "; these cases detect differences of {} or more",
+                amount(detectable).trim_start_matches('+')
+            ));
+        }
+        if let Some(needed) = self.cases_needed {
+            text.push_str(&format!(
+                "; about {needed} paired cases would detect one this size"
+            ));
+        }
+        text
     }
 }
 
@@ -79,11 +159,21 @@ pub struct Comparison {
     pub b_losses: u64,
     pub ties: u64,
     pub mcnemar_p: f64,
-    /// Mean of (score B − score A) with its 95% bootstrap interval.
+    /// Mean of (score B − score A) with its 95% bootstrap interval and permutation p.
     pub score_diff: f64,
     pub score_diff_ci: (f64, f64),
+    #[serde(default = "one")]
+    pub score_p: f64,
+    /// Pass rate, mean score and each named metric, Holm-corrected together.
+    #[serde(default)]
+    pub measures: Vec<Measure>,
+    /// The pass rate differs significantly (after Holm's correction).
     pub significant: bool,
     pub verdict: String,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -96,13 +186,22 @@ pub struct Failure {
     pub reasons: Vec<String>,
 }
 
-/// Per-case facts kept for pairing: (prompt, provider, test, repeat) → (pass, score).
-pub type Outcomes = HashMap<(u32, u32, u32, u32), (Option<bool>, f64)>;
+/// What a case's comparisons need.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaseOutcome {
+    pub pass: Option<bool>,
+    pub score: f64,
+    /// Mean score per named metric.
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// Per-case facts kept for pairing: (prompt, provider, test, repeat) → outcome.
+pub type Outcomes = HashMap<(u32, u32, u32, u32), CaseOutcome>;
 
 struct CellAccumulator {
     cell: Cell,
     latencies: Vec<f64>,
-    score_sum: f64,
+    scores: Vec<f64>,
     metric_sums: IndexMap<String, (f64, u64)>,
     /// test → (passes, measured repeats)
     repeats: BTreeMap<u32, (u32, u32)>,
@@ -131,6 +230,7 @@ pub fn summarize(store: &dyn Store, run: &RunRecord) -> Result<(Summary, Outcome
                     pass_rate: None,
                     pass_rate_ci: (0.0, 1.0),
                     mean_score: 0.0,
+                    mean_score_ci: (0.0, 0.0),
                     prompt_tokens: 0,
                     completion_tokens: 0,
                     cost: 0.0,
@@ -142,7 +242,7 @@ pub fn summarize(store: &dyn Store, run: &RunRecord) -> Result<(Summary, Outcome
                     repeated_tests: 0,
                 },
                 latencies: Vec::new(),
-                score_sum: 0.0,
+                scores: Vec::new(),
                 metric_sums: IndexMap::new(),
                 repeats: BTreeMap::new(),
             });
@@ -154,7 +254,7 @@ pub fn summarize(store: &dyn Store, run: &RunRecord) -> Result<(Summary, Outcome
             None => cell.unmeasured += 1,
         }
         if result.pass.is_some() {
-            entry.score_sum += result.score;
+            entry.scores.push(result.score);
             entry.latencies.push(result.latency_ms);
             let slot = entry.repeats.entry(result.test_idx).or_insert((0, 0));
             slot.0 += u32::from(result.pass == Some(true));
@@ -171,6 +271,18 @@ pub fn summarize(store: &dyn Store, run: &RunRecord) -> Result<(Summary, Outcome
         cell.completion_tokens += result.usage.completion_tokens;
         cell.cost += result.cost;
         cell.cached += u64::from(result.cached);
+        let mut metrics: Vec<(String, f64, u32)> = Vec::new();
+        for assertion in &result.assertions {
+            if let Some(metric) = &assertion.metric {
+                match metrics.iter_mut().find(|(name, _, _)| name == metric) {
+                    Some(slot) => {
+                        slot.1 += assertion.score;
+                        slot.2 += 1;
+                    }
+                    None => metrics.push((metric.clone(), assertion.score, 1)),
+                }
+            }
+        }
         outcomes.insert(
             (
                 result.prompt_idx,
@@ -178,7 +290,14 @@ pub fn summarize(store: &dyn Store, run: &RunRecord) -> Result<(Summary, Outcome
                 result.test_idx,
                 result.repeat_idx,
             ),
-            (result.pass, result.score),
+            CaseOutcome {
+                pass: result.pass,
+                score: result.score,
+                metrics: metrics
+                    .into_iter()
+                    .map(|(name, sum, n)| (name, sum / f64::from(n)))
+                    .collect(),
+            },
         );
         if result.pass != Some(true) {
             let reasons = match &result.error {
@@ -218,7 +337,10 @@ pub fn summarize(store: &dyn Store, run: &RunRecord) -> Result<(Summary, Outcome
             if measured > 0 {
                 cell.pass_rate = Some(cell.passed as f64 / measured as f64);
                 cell.pass_rate_ci = stats::wilson(cell.passed, measured, stats::Z95);
-                cell.mean_score = entry.score_sum / measured as f64;
+                let (mean, low, high) =
+                    stats::bootstrap_mean(&entry.scores, BOOTSTRAP_ITERATIONS, 0x5eed);
+                cell.mean_score = mean;
+                cell.mean_score_ci = (low, high);
             }
             entry.latencies.sort_by(f64::total_cmp);
             cell.latency_p50_ms = stats::percentile(&entry.latencies, 0.5);
@@ -278,7 +400,9 @@ pub fn cell_label(cell: &Cell) -> String {
     format!("{} · {}", cell.prompt, cell.provider)
 }
 
-/// Pairs the cases of two cells by (test, repeat) and tests the difference.
+/// Pairs the cases of two cells by (test, repeat) and tests the differences: pass rate by the
+/// exact McNemar test, mean score and each named metric both sides measured by a paired
+/// permutation test, all Holm-corrected together.
 pub fn compare_cells(
     a: &Cell,
     b: &Cell,
@@ -299,6 +423,8 @@ pub fn compare_cells(
         mcnemar_p: 1.0,
         score_diff: 0.0,
         score_diff_ci: (0.0, 0.0),
+        score_p: 1.0,
+        measures: Vec::new(),
         significant: false,
         verdict: String::new(),
     };
@@ -308,18 +434,17 @@ pub fn compare_cells(
         .map(|(_, _, t, r)| (*t, *r))
         .collect();
     keys.sort_unstable();
+    let mut pass_differences = Vec::new();
     let mut differences = Vec::new();
+    let mut metric_differences: IndexMap<String, Vec<f64>> = IndexMap::new();
     for (test, repeat) in keys {
-        let Some((Some(pass_a), score_a)) = a_outcomes
-            .get(&(a.prompt_idx, a.provider_idx, test, repeat))
-            .copied()
-        else {
+        let Some(case_a) = a_outcomes.get(&(a.prompt_idx, a.provider_idx, test, repeat)) else {
             continue;
         };
-        let Some((Some(pass_b), score_b)) = b_outcomes
-            .get(&(b.prompt_idx, b.provider_idx, test, repeat))
-            .copied()
-        else {
+        let Some(case_b) = b_outcomes.get(&(b.prompt_idx, b.provider_idx, test, repeat)) else {
+            continue;
+        };
+        let (Some(pass_a), Some(pass_b)) = (case_a.pass, case_b.pass) else {
             continue;
         };
         comparison.pairs += 1;
@@ -329,7 +454,8 @@ pub fn compare_cells(
             (false, true) => comparison.b_only += 1,
             (false, false) => comparison.neither += 1,
         }
-        let difference = score_b - score_a;
+        pass_differences.push(f64::from(u8::from(pass_b)) - f64::from(u8::from(pass_a)));
+        let difference = case_b.score - case_a.score;
         if difference > 1e-12 {
             comparison.b_wins += 1;
         } else if difference < -1e-12 {
@@ -338,12 +464,70 @@ pub fn compare_cells(
             comparison.ties += 1;
         }
         differences.push(difference);
+        for (name, value_a) in &case_a.metrics {
+            if let Some((_, value_b)) = case_b.metrics.iter().find(|(n, _)| n == name) {
+                metric_differences
+                    .entry(name.clone())
+                    .or_default()
+                    .push(value_b - value_a);
+            }
+        }
     }
     comparison.mcnemar_p = stats::mcnemar_exact(comparison.a_only, comparison.b_only);
-    let (diff, low, high) = stats::paired_bootstrap(&differences, BOOTSTRAP_ITERATIONS, 0x5eed);
+    let (diff, low, high) = stats::bootstrap_mean(&differences, BOOTSTRAP_ITERATIONS, 0x5eed);
     comparison.score_diff = diff;
     comparison.score_diff_ci = (low, high);
-    comparison.significant = comparison.pairs > 0 && comparison.mcnemar_p < ALPHA;
+    comparison.score_p = stats::paired_permutation(&differences, PERMUTATION_ITERATIONS, 0x5eed);
+    if comparison.pairs > 0 {
+        let n = comparison.pairs;
+        let discordant = (comparison.a_only + comparison.b_only) as f64 / n as f64;
+        let (rate_diff, rate_low, rate_high) =
+            stats::bootstrap_mean(&pass_differences, BOOTSTRAP_ITERATIONS, 0x5eed);
+        comparison.measures.push(Measure {
+            name: "pass rate".into(),
+            diff: rate_diff,
+            ci: (rate_low, rate_high),
+            test: "exact McNemar".into(),
+            p: comparison.mcnemar_p,
+            p_adjusted: comparison.mcnemar_p,
+            significant: false,
+            detectable: stats::mcnemar_mde(n, discordant),
+            cases_needed: stats::mcnemar_cases_needed(rate_diff, discordant),
+        });
+        let permutation = |name: String, values: &[f64]| {
+            let (diff, low, high) = stats::bootstrap_mean(values, BOOTSTRAP_ITERATIONS, 0x5eed);
+            let sd = stats::std_dev(values);
+            Measure {
+                name,
+                diff,
+                ci: (low, high),
+                test: "paired permutation".into(),
+                p: stats::paired_permutation(values, PERMUTATION_ITERATIONS, 0x5eed),
+                p_adjusted: 1.0,
+                significant: false,
+                detectable: stats::mean_mde(values.len() as u64, sd).filter(|d| *d > 0.0),
+                cases_needed: stats::mean_cases_needed(diff, sd).filter(|_| sd > 0.0),
+            }
+        };
+        // With pass/fail-only assertions every score is its case's pass: the same test twice.
+        if differences != pass_differences {
+            let score = permutation("mean score".into(), &differences);
+            comparison.measures.push(score);
+        }
+        for (name, values) in &metric_differences {
+            let measure = permutation(format!("metric `{name}`"), values);
+            comparison.measures.push(measure);
+        }
+        let p_values: Vec<f64> = comparison.measures.iter().map(|m| m.p).collect();
+        for (measure, adjusted) in comparison.measures.iter_mut().zip(stats::holm(&p_values)) {
+            measure.p_adjusted = adjusted;
+            measure.significant = adjusted < ALPHA && measure.diff.abs() > 1e-12;
+            if measure.significant {
+                measure.cases_needed = None;
+            }
+        }
+        comparison.significant = comparison.measures[0].significant;
+    }
     comparison.verdict = verdict(&comparison);
     comparison
 }
@@ -354,47 +538,45 @@ fn verdict(c: &Comparison) -> String {
     }
     let rate = |passes: u64| passes as f64 / c.pairs as f64 * 100.0;
     let (rate_a, rate_b) = (rate(c.both + c.a_only), rate(c.both + c.b_only));
+    let adjusted = match c.measures.len() {
+        0 | 1 => String::new(),
+        n => format!(
+            ", Holm-adjusted over {n} measures: p {}",
+            format_p(c.measures[0].p_adjusted)
+        ),
+    };
     if c.significant {
         let better = if c.b_only > c.a_only { &c.b } else { &c.a };
         format!(
-            "{better} is better: pass rate {rate_a:.0}% → {rate_b:.0}% over {} paired cases; {} flipped to pass, {} to fail (exact McNemar p {})",
+            "{better} is better: pass rate {rate_a:.0}% → {rate_b:.0}% over {} paired cases; {} flipped to pass, {} to fail (exact McNemar p {}{adjusted})",
             c.pairs,
             c.b_only,
             c.a_only,
             format_p(c.mcnemar_p)
         )
     } else {
-        let needed = cases_needed(c);
+        let rate = &c.measures[0];
+        let detectable = rate
+            .detectable
+            .map(|d| {
+                format!(
+                    "; these cases detect pass-rate differences of {:.0} points or more",
+                    d * 100.0
+                )
+            })
+            .unwrap_or_default();
+        let needed = rate
+            .cases_needed
+            .map(|n| format!("; about {n} cases would be needed to detect a difference this size"))
+            .unwrap_or_default();
         format!(
-            "no significant difference: pass rate {rate_a:.0}% vs {rate_b:.0}% over {} paired cases ({} vs {} discordant, p {}){}",
+            "no significant difference in pass rate: {rate_a:.0}% vs {rate_b:.0}% over {} paired cases ({} vs {} discordant, p {}{adjusted}){detectable}{needed}",
             c.pairs,
             c.a_only,
             c.b_only,
             format_p(c.mcnemar_p),
-            needed
-                .map(|n| format!(
-                    "; about {n} cases would be needed to detect a difference this size"
-                ))
-                .unwrap_or_default()
         )
     }
-}
-
-/// Rough number of paired cases for McNemar to reach p < 0.05 at 80% power with the observed
-/// discordance, by the normal approximation (Connor 1987). `None` when there is no difference.
-fn cases_needed(c: &Comparison) -> Option<u64> {
-    let n = c.pairs as f64;
-    let p10 = c.a_only as f64 / n;
-    let p01 = c.b_only as f64 / n;
-    let diff = (p10 - p01).abs();
-    if diff < 1e-9 {
-        return None;
-    }
-    let psi = p10 + p01;
-    let (z_alpha, z_beta) = (stats::Z95, 0.841_621_233_572_914);
-    let needed = (z_alpha * psi.sqrt() + z_beta * (psi - diff * diff).max(0.0).sqrt()).powi(2)
-        / (diff * diff);
-    Some(needed.ceil() as u64)
 }
 
 /// `< 0.001` or `= 0.042`, to follow "p".
@@ -474,12 +656,144 @@ pub fn compare_runs(
     comparisons
 }
 
-/// A comparison where the newer side (B) is significantly worse.
+/// A comparison where the newer side (B) is significantly worse on any measure (pass rate,
+/// mean score or a named metric, after Holm's correction).
 pub fn is_regression(comparison: &Comparison) -> bool {
-    comparison.significant && comparison.a_only > comparison.b_only
+    (comparison.significant && comparison.a_only > comparison.b_only)
+        || comparison
+            .measures
+            .iter()
+            .any(|m| m.significant && m.diff < 0.0)
 }
 
 pub fn short_id(id: &str) -> &str {
     // UUIDv7: the first 8 hex digits are milliseconds, too coarse; the tail is random.
     id.get(id.len().saturating_sub(8)..).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(prompt_idx: u32) -> Cell {
+        Cell {
+            prompt_idx,
+            provider_idx: 0,
+            prompt: format!("p{prompt_idx}"),
+            provider: "m".into(),
+            cases: 0,
+            passed: 0,
+            failed: 0,
+            unmeasured: 0,
+            pass_rate: None,
+            pass_rate_ci: (0.0, 1.0),
+            mean_score: 0.0,
+            mean_score_ci: (0.0, 0.0),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost: 0.0,
+            latency_p50_ms: 0.0,
+            latency_p95_ms: 0.0,
+            cached: 0,
+            metrics: IndexMap::new(),
+            flaky_tests: 0,
+            repeated_tests: 0,
+        }
+    }
+
+    fn outcome(score: f64, metrics: &[(&str, f64)]) -> CaseOutcome {
+        CaseOutcome {
+            pass: Some(true),
+            score,
+            metrics: metrics.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn comparisons_test_every_measure_and_correct_for_several() {
+        let mut outcomes = Outcomes::new();
+        for test in 0..30u32 {
+            let better = test < 25;
+            let a = outcome(0.5, &[("tone", 0.6), ("accuracy", 0.9)]);
+            let b = outcome(
+                if better { 0.7 } else { 0.5 },
+                &[
+                    ("tone", 0.6),
+                    ("accuracy", if test < 20 { 0.6 } else { 0.9 }),
+                ],
+            );
+            outcomes.insert((0, 0, test, 0), a);
+            outcomes.insert((1, 0, test, 0), b);
+        }
+        let c = compare_cells(&cell(0), &cell(1), &outcomes, &outcomes);
+        let names: Vec<&str> = c.measures.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "pass rate",
+                "mean score",
+                "metric `tone`",
+                "metric `accuracy`"
+            ]
+        );
+        // Every case passes on both sides: no discordant pair, nothing to detect.
+        assert!(!c.significant);
+        assert_eq!((c.measures[0].p, c.measures[0].detectable), (1.0, None));
+        assert!(
+            c.verdict
+                .starts_with("no significant difference in pass rate")
+        );
+        let score = &c.measures[1];
+        assert!((score.diff - 25.0 * 0.2 / 30.0).abs() < 1e-9);
+        assert!(score.significant && score.p < 1e-3 && score.p_adjusted >= score.p);
+        assert!(score.describe(4).ends_with("significantly better"));
+        let tone = &c.measures[2];
+        assert!(!tone.significant && tone.p == 1.0);
+        assert!(tone.describe(4).contains("not significant"));
+        let accuracy = &c.measures[3];
+        assert!(accuracy.significant && accuracy.diff < 0.0);
+        assert!(
+            accuracy
+                .describe(4)
+                .contains("Holm-adjusted over 4 measures"),
+            "{}",
+            accuracy.describe(4)
+        );
+        assert!(
+            is_regression(&c),
+            "a significantly worse metric is a regression"
+        );
+    }
+
+    #[test]
+    fn a_small_unclear_difference_says_what_would_detect_it() {
+        let mut outcomes = Outcomes::new();
+        for test in 0..20u32 {
+            let pass_a = test % 2 == 0;
+            let pass_b = test % 2 == 0 || test == 1 || test == 3;
+            let case = |pass: bool| CaseOutcome {
+                pass: Some(pass),
+                score: f64::from(u8::from(pass)),
+                metrics: Vec::new(),
+            };
+            outcomes.insert((0, 0, test, 0), case(pass_a));
+            outcomes.insert((1, 0, test, 0), case(pass_b));
+        }
+        let c = compare_cells(&cell(0), &cell(1), &outcomes, &outcomes);
+        assert_eq!(
+            c.measures.len(),
+            1,
+            "scores are the passes: one test, not two"
+        );
+        assert!(!c.significant && !is_regression(&c));
+        assert!(c.verdict.contains("0 vs 2 discordant"), "{}", c.verdict);
+        assert!(
+            c.verdict
+                .contains("cases would be needed to detect a difference this size"),
+            "{}",
+            c.verdict
+        );
+        let needed = c.measures[0].cases_needed.unwrap();
+        assert_eq!(needed, stats::mcnemar_cases_needed(0.1, 0.1).unwrap());
+    }
 }

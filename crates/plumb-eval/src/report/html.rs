@@ -7,7 +7,7 @@ use std::io::Write;
 use plumb_store::{RunRecord, Store};
 
 use super::{ReportError, each_result, xml_escape as escape};
-use crate::summary::{Comparison, Summary, format_p, short_id};
+use crate::summary::{Comparison, Summary, short_id};
 
 const STYLE: &str = r#"
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#1c1c1c;background:#fafafa}
@@ -118,19 +118,19 @@ pub(super) fn write(
         for c in comparisons {
             write!(
                 out,
-                "<div><b>{}</b> vs <b>{}</b><div class=\"verdict{}\">{}<br><span class=\"muted\">per case: {} better, {} worse, {} tied · \
-                 mean score difference {:+.3} (95% CI {:+.3} to {:+.3}) · exact McNemar p {}</span></div></div>",
+                "<div><b>{}</b> vs <b>{}</b><div class=\"verdict{}\">{}{}<br><span class=\"muted\">per case: {} better, {} worse, {} tied</span></div></div>",
                 escape(&c.b),
                 escape(&c.a),
                 if c.significant { " sig" } else { "" },
                 escape(&c.verdict),
+                c.measures
+                    .iter()
+                    .skip(1)
+                    .map(|m| format!("<br>{}", escape(&m.describe(c.measures.len()))))
+                    .collect::<String>(),
                 c.b_wins,
                 c.b_losses,
                 c.ties,
-                c.score_diff,
-                c.score_diff_ci.0,
-                c.score_diff_ci.1,
-                escape(&format_p(c.mcnemar_p)),
             )
             .map_err(io)?;
         }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::summary::{Comparison, Summary, format_p, short_id};
+use crate::summary::{Comparison, Summary, short_id};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Style {
@@ -161,11 +161,20 @@ pub fn render(summary: &Summary, run_comparisons: &[Comparison], style: Style) -
             notes.push(format!("{} from cache", cell.cached));
         }
         if let Some(flake) = cell.flake_rate() {
+            let (low, high) = cell.flake_rate_ci();
             notes.push(format!(
-                "flake rate {:.1}% ({} of {} repeated tests disagree)",
+                "flake rate {:.1}% ({} of {} repeated tests disagree; 95% CI {:.0}–{:.0}%)",
                 flake * 100.0,
                 cell.flaky_tests,
-                cell.repeated_tests
+                cell.repeated_tests,
+                low * 100.0,
+                high * 100.0
+            ));
+        }
+        if cell.passed + cell.failed > 1 {
+            notes.push(format!(
+                "mean score 95% CI {:.3}–{:.3}",
+                cell.mean_score_ci.0, cell.mean_score_ci.1
             ));
         }
         for (metric, value) in &cell.metrics {
@@ -191,18 +200,21 @@ pub fn render(summary: &Summary, run_comparisons: &[Comparison], style: Style) -
                 c.verdict.clone()
             };
             let _ = writeln!(out, "    {verdict}");
+            for measure in c.measures.iter().skip(1) {
+                let text = measure.describe(c.measures.len());
+                let text = if measure.significant {
+                    style.bold(&text)
+                } else {
+                    text
+                };
+                let _ = writeln!(out, "    {text}");
+            }
             let _ = writeln!(
                 out,
                 "    {}",
                 style.dim(&format!(
-                    "per case: {} better, {} worse, {} tied · mean score difference {:+.3} (95% CI {:+.3} to {:+.3}) · McNemar p {}",
-                    c.b_wins,
-                    c.b_losses,
-                    c.ties,
-                    c.score_diff,
-                    c.score_diff_ci.0,
-                    c.score_diff_ci.1,
-                    format_p(c.mcnemar_p)
+                    "per case: {} better, {} worse, {} tied",
+                    c.b_wins, c.b_losses, c.ties,
                 ))
             );
         }
