@@ -63,6 +63,12 @@ pub trait ChatModel: Send + Sync {
         None
     }
 
+    /// Tokens `text` would take in a prompt to this model, for estimates made before any call
+    /// (`plumb eval --dry-run`, `--max-cost`). By default about four characters per token.
+    fn count_tokens(&self, text: &str) -> u64 {
+        (text.chars().count() as u64).div_ceil(4)
+    }
+
     /// The most requests this model should serve at once (a local model runs one at a time).
     fn max_concurrency(&self) -> Option<usize> {
         None

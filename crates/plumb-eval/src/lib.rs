@@ -7,6 +7,7 @@
 pub mod assertion;
 pub mod judge;
 pub mod metrics;
+pub mod plan;
 mod raw;
 pub mod report;
 pub mod runner;

@@ -41,6 +41,10 @@ pub struct RunOptions {
     pub concurrency: usize,
     pub repeat: u32,
     pub cache: CacheMode,
+    /// USD this run may spend (models and judges): a case starts only when its estimated cost
+    /// (`plan::Estimator`) fits in what is left; then the run stops, resumable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost: Option<f64>,
 }
 
 /// One evaluated case, as stored (payload) and reported.
@@ -72,7 +76,14 @@ pub struct CaseResult {
     pub latency_ms: f64,
     pub usage: Usage,
     pub cost: f64,
+    /// What the case's judge calls cost (measured verdicts only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub judge_cost: f64,
     pub cached: bool,
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
 }
 
 impl CaseResult {
@@ -132,6 +143,17 @@ pub struct RunOutcome {
     pub run_id: String,
     pub status: RunStatus,
     pub elapsed: Duration,
+    /// The run stopped because the next case would have exceeded `max_cost`.
+    pub budget_reached: bool,
+    /// What this run spent on models and judges (USD).
+    pub spent: f64,
+}
+
+/// `--max-cost`: what has been spent, and what the cases in flight may still spend.
+#[derive(Default)]
+struct Budget {
+    spent: f64,
+    reserved: f64,
 }
 
 /// What is stored with a run so it can be resumed and described later.
@@ -220,7 +242,7 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn key(&self, model: &dyn ChatModel, request: &ChatRequest, salt: &str) -> String {
+    pub(crate) fn key(&self, model: &dyn ChatModel, request: &ChatRequest, salt: &str) -> String {
         let mut material = model.cache_identity();
         material.push('\n');
         material.push_str(&serde_json::to_string(request).unwrap_or_default());
@@ -369,6 +391,15 @@ pub async fn run(
         .collect();
     let fatal: Arc<Mutex<Option<RunError>>> = Arc::new(Mutex::new(None));
     let mut tasks = tokio::task::JoinSet::new();
+    let budget = Arc::new(std::sync::Mutex::new(Budget::default()));
+    let mut budget_reached = false;
+    let estimator = crate::plan::Estimator {
+        suite: &suite,
+        models: &models,
+        graders: &graders,
+        store: store.clone(),
+        options: &options,
+    };
 
     // Provider-major order: a local model works through its cases without other providers'
     // cases interleaving (and their caches stay warm).
@@ -394,6 +425,19 @@ pub async fn run(
                     }
                     // Reap finished tasks so the set does not grow with the case count.
                     while tasks.try_join_next().is_some() {}
+                    let reserve = match options.max_cost {
+                        Some(limit) => {
+                            let estimate = estimator.case(key, None).await.cost();
+                            let mut budget = budget.lock().unwrap_or_else(|e| e.into_inner());
+                            if budget.spent + budget.reserved + estimate > limit + 1e-12 {
+                                budget_reached = true;
+                                break 'dispatch;
+                            }
+                            budget.reserved += estimate;
+                            estimate
+                        }
+                        None => 0.0,
+                    };
                     let job = Job {
                         suite: suite.clone(),
                         model: models[provider_idx as usize].clone(),
@@ -411,9 +455,18 @@ pub async fn run(
                     let sender = sender.clone();
                     let fatal = fatal.clone();
                     let cancel = cancel.clone();
+                    let budget = budget.clone();
                     tasks.spawn(async move {
                         let _permit = permit;
-                        match job.run().await {
+                        let result = job.run().await;
+                        {
+                            let mut budget = budget.lock().unwrap_or_else(|e| e.into_inner());
+                            budget.reserved -= reserve;
+                            if let Ok(result) = &result {
+                                budget.spent += result.cost + result.judge_cost;
+                            }
+                        }
+                        match result {
                             Ok(result) => {
                                 let _ = sender.send(result).await;
                             }
@@ -437,11 +490,12 @@ pub async fn run(
         .map_err(|e| RunError::Internal(e.to_string()))??;
 
     let fatal = fatal.lock().await.take();
-    let status = match (&fatal, cancel.load(Ordering::Relaxed)) {
+    let status = match (&fatal, cancel.load(Ordering::Relaxed) || budget_reached) {
         (Some(_), _) => RunStatus::Failed,
         (None, true) => RunStatus::Interrupted,
         (None, false) => RunStatus::Completed,
     };
+    let spent = budget.lock().unwrap_or_else(|e| e.into_inner()).spent;
     store.finish_run(&run_id, status, "{}")?;
     if let Some(error) = fatal {
         return Err(error);
@@ -450,6 +504,8 @@ pub async fn run(
         run_id,
         status,
         elapsed: started.elapsed(),
+        budget_reached,
+        spent,
     })
 }
 
@@ -477,13 +533,7 @@ impl Job {
         let prompt = &suite.prompts[self.key.prompt_idx as usize];
         let provider = &suite.providers[self.key.provider_idx as usize];
         let test = &suite.tests[self.key.test_idx as usize];
-        let messages = render_messages(prompt, &test.vars).map_err(RunError::Internal)?;
-        let params = prompt.template.file().params.merged_with(&provider.params);
-        let request = ChatRequest {
-            messages,
-            params,
-            ..ChatRequest::default()
-        };
+        let request = case_request(suite, self.key).map_err(RunError::Internal)?;
 
         let _gate = self
             .provider_gate
@@ -512,6 +562,7 @@ impl Job {
             latency_ms: 0.0,
             usage: Usage::default(),
             cost: 0.0,
+            judge_cost: 0.0,
             cached: false,
         };
         match answer {
@@ -569,6 +620,11 @@ impl Job {
                     vars: &test.vars,
                 };
                 let judgements = judges.judge_all(&test.asserts, &subject).await;
+                result.judge_cost = judgements
+                    .values()
+                    .filter_map(|verdict| verdict.as_ref().ok())
+                    .map(|verdict| verdict.judge.cost)
+                    .sum();
                 let output = Output {
                     text: &response.content,
                     tool_calls: &response.tool_calls,
@@ -639,6 +695,19 @@ impl Job {
         }
         Ok(embeddings)
     }
+}
+
+/// The request a case sends to its model: the prompt rendered with the test's vars, the
+/// prompt's parameters overridden by the provider's.
+pub(crate) fn case_request(suite: &Suite, key: CaseKey) -> Result<ChatRequest, String> {
+    let prompt = &suite.prompts[key.prompt_idx as usize];
+    let provider = &suite.providers[key.provider_idx as usize];
+    let test = &suite.tests[key.test_idx as usize];
+    Ok(ChatRequest {
+        messages: render_messages(prompt, &test.vars)?,
+        params: prompt.template.file().params.merged_with(&provider.params),
+        ..ChatRequest::default()
+    })
 }
 
 async fn write_results(

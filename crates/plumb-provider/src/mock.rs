@@ -57,6 +57,9 @@ pub struct MockModel {
     error_status: u16,
     calls: AtomicU32,
     rng: Mutex<fastrand::Rng>,
+    /// Free unless `input_cost_per_mtok` / `output_cost_per_mtok` say otherwise (to rehearse
+    /// budgets).
+    pricing: Pricing,
 }
 
 impl MockModel {
@@ -97,6 +100,10 @@ impl MockModel {
             error_status: options.error_status.unwrap_or(500),
             calls: AtomicU32::new(0),
             rng: Mutex::new(fastrand::Rng::with_seed(options.mock_seed.unwrap_or(0))),
+            pricing: Pricing {
+                input_per_mtok: options.input_cost_per_mtok.unwrap_or(0.0),
+                output_per_mtok: options.output_cost_per_mtok.unwrap_or(0.0),
+            },
         }
     }
 
@@ -278,7 +285,7 @@ impl ChatModel for MockModel {
     }
 
     fn pricing(&self) -> Option<Pricing> {
-        Some(Pricing::default())
+        Some(self.pricing)
     }
 
     fn cacheable(&self) -> bool {

@@ -304,6 +304,10 @@ impl ChatModel for OpenAiModel {
         &self.id
     }
 
+    fn count_tokens(&self, text: &str) -> u64 {
+        tokens::count(&self.model, text)
+    }
+
     fn chat<'a>(
         &'a self,
         request: &'a ChatRequest,

@@ -40,7 +40,8 @@ pub struct EvalArgs {
     /// Compare with an earlier run (id, unique prefix or suffix, or `latest`), case by case
     #[arg(long, value_name = "RUN")]
     pub compare: Option<String>,
-    /// Exit 1 only when this run is significantly worse than RUN (exact McNemar, p < 0.05)
+    /// Exit 1 only when this run is significantly worse than RUN on pass rate, mean score or a
+    /// named metric (Holm-corrected, α 0.05)
     #[arg(long, value_name = "RUN")]
     pub fail_on_regression: Option<String>,
     /// Finish an interrupted run: cases it already has are kept, the rest run now
@@ -50,11 +51,30 @@ pub struct EvalArgs {
     /// overrides `defaultTest.options.provider` (e.g. local:smollm2-135m, openai:gpt-4.1-mini)
     #[arg(long, value_name = "PROVIDER")]
     pub grader: Option<String>,
+    /// Call nothing: count the model calls, judge calls, tokens and estimated cost per provider
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop before the run would spend more than USD on models and judges (each case starts only
+    /// if its estimated cost fits); finished results are kept and `--resume` goes on
+    #[arg(long, value_name = "USD", value_parser = parse_cost)]
+    pub max_cost: Option<f64>,
     /// Do not draw the progress bar
     #[arg(long)]
     pub no_progress: bool,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+fn parse_cost(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim_start_matches('$')
+        .parse()
+        .map_err(|_| format!("`{text}` is not an amount in USD (e.g. 0.50)"))?;
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("`{text}`: the budget must be ≥ 0"))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -119,6 +139,8 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<Outcome> {
         fail_on_regression: args.fail_on_regression,
         resume: args.resume,
         grader: args.grader,
+        dry_run: args.dry_run,
+        max_cost: args.max_cost,
         progress: !args.no_progress,
         gate: true,
         db_path,
@@ -139,6 +161,9 @@ pub struct EvalRequest {
     pub resume: Option<String>,
     /// `--grader`: the default grader of judged assertions.
     pub grader: Option<String>,
+    /// Estimate instead of running.
+    pub dry_run: bool,
+    pub max_cost: Option<f64>,
     pub progress: bool,
     /// Whether a failing gate exits 1 (the quickstart only reports it).
     pub gate: bool,
@@ -169,6 +194,7 @@ fn build_models(
     suite: &Suite,
     ctx: &ProviderContext,
     check_ready: bool,
+    pull: bool,
 ) -> anyhow::Result<Vec<Arc<dyn ChatModel>>> {
     let mut built = Vec::new();
     for spec in &suite.providers {
@@ -180,7 +206,9 @@ fn build_models(
             located.message = format!("provider `{}` config: {error}", spec.id);
             located
         })?;
-        pull_if_missing(&spec.id, ctx)?;
+        if pull {
+            pull_if_missing(&spec.id, ctx)?;
+        }
         let model = plumb_provider::build(&spec.id, &options, ctx)
             .map_err(|error| locate(error, &spec.location))?;
         if check_ready {
@@ -221,6 +249,7 @@ fn build_graders(
     suite: &Suite,
     cli_grader: Option<&str>,
     ctx: &ProviderContext,
+    pull: bool,
 ) -> plumb_eval::judge::Graders {
     let mut specs: Vec<(String, String, serde_json::Map<String, serde_json::Value>)> = suite
         .graders()
@@ -246,7 +275,9 @@ fn build_graders(
             let options: ProviderOptions =
                 serde_json::from_value(serde_json::Value::Object(config))
                     .map_err(|error| format!("config: {error}"))?;
-            pull_if_missing(&id, ctx).map_err(|error| error.to_string())?;
+            if pull {
+                pull_if_missing(&id, ctx).map_err(|error| error.to_string())?;
+            }
             plumb_provider::build(&id, &options, ctx).map_err(|error| match &error.hint {
                 Some(hint) => format!("{error} ({hint})"),
                 None => error.to_string(),
@@ -313,7 +344,12 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
                     summary::short_id(&run.id)
                 );
             }
-            (config.options, Some(run.id))
+            // The budget is this command's: a resumed run may get a new one.
+            let options = RunOptions {
+                max_cost: request.max_cost,
+                ..config.options
+            };
+            (options, Some(run.id))
         }
         None => (
             RunOptions {
@@ -324,6 +360,7 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
                     .max(1),
                 repeat: request.repeat.or(suite.repeat).unwrap_or(1).max(1),
                 cache: request.cache,
+                max_cost: request.max_cost,
             },
             None,
         ),
@@ -343,10 +380,13 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
         })?;
         baselines.push(baseline);
     }
+    if request.dry_run {
+        return dry_run(&request, &suite, &ctx, store, &options).await;
+    }
     // With a read-only cache no call is made, so missing keys are no reason to refuse.
-    let models = build_models(&suite, &ctx, options.cache != CacheMode::ReadOnly)?;
+    let models = build_models(&suite, &ctx, options.cache != CacheMode::ReadOnly, true)?;
     let embedders = build_embedders(&suite, &ctx)?;
-    let graders = build_graders(&suite, request.grader.as_deref(), &ctx);
+    let graders = build_graders(&suite, request.grader.as_deref(), &ctx, true);
     let suite = Arc::new(suite);
 
     let cancel = Arc::new(AtomicBool::new(false));
@@ -426,6 +466,20 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
         request.db_path.display()
     );
 
+    if outcome.budget_reached {
+        eprintln!(
+            "plumb: stopped at the budget: ${:.4} spent of --max-cost ${:.4}; the next case would \
+             have gone over. Finished cases are kept: raise the budget and go on with \
+             `plumb eval {} --resume {} --max-cost <USD>`",
+            outcome.spent,
+            request.max_cost.unwrap_or(0.0),
+            request.suite_path.display(),
+            summary::short_id(&outcome.run_id)
+        );
+        return Ok(Finished {
+            outcome: Outcome::GateFailed,
+        });
+    }
     if outcome.status == RunStatus::Interrupted {
         eprintln!(
             "plumb: the run was interrupted; finish it with `plumb eval {} --resume {}`",
@@ -451,9 +505,17 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
             false
         } else {
             for regression in regressions {
+                let worse: Vec<String> = regression
+                    .measures
+                    .iter()
+                    .filter(|m| m.significant && m.diff < 0.0)
+                    .map(|m| m.describe(regression.measures.len()))
+                    .collect();
                 eprintln!(
-                    "plumb: gate failed: significant regression: {}",
-                    regression.verdict
+                    "plumb: gate failed: significant regression of {} against {}: {}",
+                    regression.b,
+                    regression.a,
+                    worse.join("; ")
                 );
             }
             true
@@ -487,4 +549,106 @@ fn print_stdout(text: &str) -> anyhow::Result<()> {
     stdout.write_all(text.as_bytes())?;
     stdout.flush()?;
     Ok(())
+}
+
+/// `--dry-run`: what the run would call and cost, without a run record or a single call.
+async fn dry_run(
+    request: &EvalRequest,
+    suite: &Suite,
+    ctx: &ProviderContext,
+    store: Arc<dyn Store>,
+    options: &RunOptions,
+) -> anyhow::Result<Finished> {
+    let models = build_models(suite, ctx, false, false)?;
+    for (model, spec) in models.iter().zip(&suite.providers) {
+        if options.cache != CacheMode::ReadOnly
+            && let Err(error) = model.preflight()
+        {
+            eprintln!(
+                "warning: provider `{}`: a real run would stop: {error}",
+                spec.label
+            );
+        }
+    }
+    let graders = build_graders(suite, request.grader.as_deref(), ctx, false);
+    let plan = plumb_eval::plan::plan(suite, &models, &graders, store, options).await;
+    print_stdout(&render_plan(request, suite, options, &plan))?;
+    Ok(Finished {
+        outcome: Outcome::Ok,
+    })
+}
+
+fn render_plan(
+    request: &EvalRequest,
+    suite: &Suite,
+    options: &RunOptions,
+    plan: &plumb_eval::plan::Plan,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "plumb eval --dry-run {}: {} cases ({} × {} × {} × {}); nothing was called",
+        request.suite_path.display(),
+        plan.cases,
+        count(suite.prompts.len(), "prompt"),
+        count(suite.providers.len(), "provider"),
+        count(suite.tests.len(), "test"),
+        count(options.repeat as usize, "repeat"),
+    );
+    let width = plan
+        .lines
+        .keys()
+        .map(|k| k.chars().count())
+        .max()
+        .unwrap_or(5)
+        .clamp(5, 48);
+    let _ = writeln!(
+        out,
+        "  {:<width$} {:>7} {:>7} {:>14} {:>18} {:>12}",
+        "calls to", "calls", "cached", "prompt tokens", "completion tokens", "cost (est.)"
+    );
+    let row = |out: &mut String, name: &str, line: &plumb_eval::plan::Line| {
+        let cost = if line.priced || line.cost > 0.0 {
+            format!("${:.4}", line.cost)
+        } else {
+            "no price".to_owned()
+        };
+        let name: String = name.chars().take(width).collect();
+        let _ = writeln!(
+            out,
+            "  {name:<width$} {:>7} {:>7} {:>14} {:>18} {:>12}",
+            line.calls, line.cached, line.prompt_tokens, line.completion_tokens, cost
+        );
+    };
+    for (name, line) in &plan.lines {
+        row(&mut out, name, line);
+    }
+    let total = plan.total();
+    row(&mut out, "total", &total);
+    let _ = writeln!(
+        out,
+        "Completion tokens count each call's max_tokens ({} when unset), so costs are upper \
+         estimates; judge prompts hold outputs not produced yet, so their cache hits are not \
+         known before the run. \"no price\": local and mock models cost nothing; an API model \
+         without a known price is counted as $0.",
+        plumb_eval::plan::UNSET_MAX_TOKENS
+    );
+    if let Some(limit) = request.max_cost {
+        let verdict = if total.cost <= limit {
+            "fits in"
+        } else {
+            "exceeds"
+        };
+        let _ = writeln!(
+            out,
+            "The estimate (${:.4}) {verdict} --max-cost ${limit:.4}.",
+            total.cost
+        );
+    }
+    out
+}
+
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }

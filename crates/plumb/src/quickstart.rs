@@ -113,6 +113,8 @@ pub async fn quickstart(args: QuickstartArgs) -> anyhow::Result<Outcome> {
             fail_on_regression: None,
             resume: None,
             grader: None,
+            dry_run: false,
+            max_cost: None,
             progress: !args.no_progress,
             gate: false,
             db_path,

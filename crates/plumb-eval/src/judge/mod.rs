@@ -720,7 +720,7 @@ fn add_info(total: &mut JudgeInfo, part: &JudgeInfo) {
     };
 }
 
-fn collect_judged<'a>(asserts: &'a [Assertion], into: &mut Vec<&'a Assertion>) {
+pub(crate) fn collect_judged<'a>(asserts: &'a [Assertion], into: &mut Vec<&'a Assertion>) {
     for assertion in asserts {
         if assertion.kind.is_judged() {
             into.push(assertion);

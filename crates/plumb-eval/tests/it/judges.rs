@@ -150,6 +150,7 @@ async fn run_suite_with(
             concurrency: 2,
             repeat: 1,
             cache,
+            max_cost: None,
         },
         None,
         Arc::new(plumb_eval::Silent),
@@ -660,4 +661,51 @@ fn rag_metrics_check_their_shape_when_the_suite_loads() {
         let error = Suite::load(&path).unwrap_err().to_string();
         assert!(error.contains(message), "{assert}: {error}");
     }
+}
+
+#[tokio::test]
+async fn a_dry_run_plan_counts_every_judge_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("suite.yaml");
+    std::fs::write(
+        &path,
+        r#"prompts: ['{{ query }}']
+providers: [fixed]
+tests:
+  - vars: {query: q1, context: [a, b, c]}
+    assert:
+      - {type: llm-rubric, value: fine}
+      - {type: g-eval, value: [clarity, tone]}
+      - {type: context-precision}
+      - {type: context-faithfulness}
+      - {type: answer-relevance}
+      - {type: context-recall, value: ref}
+  - vars: {query: q2}
+    assert: [{type: g-eval, value: [clarity, tone]}]
+"#,
+    )
+    .unwrap();
+    let suite = Suite::load(&path).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("p.db")).unwrap());
+    let mut graders = Graders {
+        default: Some("judge".into()),
+        ..Graders::default()
+    };
+    graders
+        .models
+        .insert("judge".into(), Ok(rag_judge() as Arc<dyn ChatModel>));
+    let models: Vec<Arc<dyn ChatModel>> = vec![Arc::new(Fixed("x"))];
+    let options = RunOptions {
+        concurrency: 1,
+        repeat: 1,
+        cache: CacheMode::ReadWrite,
+        max_cost: None,
+    };
+    let plan = plumb_eval::plan::plan(&suite, &models, &graders, store, &options).await;
+    assert_eq!(plan.cases, 2);
+    // Case 1: rubric 1 + g-eval (2 steps + 2 scores) + precision 3 + faithfulness 2 +
+    // relevance 3 + recall 1 = 14; case 2: g-eval's steps are already counted, 2 scores.
+    assert_eq!(plan.lines["judge judge"].calls, 16);
+    assert_eq!(plan.lines["model fixed"].calls, 2);
+    assert!(plan.lines["judge judge"].prompt_tokens > 0);
 }

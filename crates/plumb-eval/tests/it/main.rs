@@ -81,6 +81,7 @@ fn options(cache: CacheMode) -> RunOptions {
         concurrency: 2,
         repeat: 1,
         cache,
+        max_cost: None,
     }
 }
 
@@ -254,6 +255,7 @@ async fn repeats_measure_flakiness() {
             concurrency: 4,
             repeat: 3,
             cache: CacheMode::ReadWrite,
+            max_cost: None,
         },
         None,
         Arc::new(plumb_eval::Silent),

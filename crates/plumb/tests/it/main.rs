@@ -650,3 +650,79 @@ fn the_judged_example_runs_offline_and_an_unknown_grader_leaves_cases_unmeasured
     assert!(text.contains("grader `nosuch:x` cannot be used"), "{text}");
     assert!(text.contains("2 unmeasured"), "{text}");
 }
+
+#[test]
+fn dry_run_counts_calls_and_max_cost_stops_before_the_budget_then_resumes() {
+    let project = Project::new();
+    // A mock that charges $1 per prompt token: costs are real figures, and nothing is cached.
+    let tests: String = (0..10)
+        .map(|i| {
+            format!("  - vars: {{x: item{i}}}\n    assert: [{{type: contains, value: item}}]\n")
+        })
+        .collect();
+    project.write(
+        "suite.yaml",
+        &format!(
+            "prompts: ['Say {{{{x}}}}']\nproviders:\n  - id: mock:echo\n    config: {{input_cost_per_mtok: 1000000, max_tokens: 4}}\ntests:\n{tests}"
+        ),
+    );
+    let output = project.plumb(&["eval", "suite.yaml", "--dry-run", "--max-cost", "5"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("10 cases") && text.contains("nothing was called"),
+        "{text}"
+    );
+    assert!(text.contains("model mock:echo"), "{text}");
+    assert!(text.contains("exceeds --max-cost $5.0000"), "{text}");
+    assert!(stderr(&project.plumb(&["runs", "list"])).contains("no runs yet"));
+
+    let output = project.plumb(&[
+        "eval",
+        "suite.yaml",
+        "--no-progress",
+        "-j",
+        "1",
+        "--max-cost",
+        "20",
+        "-o",
+        "out.json",
+    ]);
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(err.contains("stopped at the budget"), "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(project.path("out.json")).unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    let spent: f64 = results.iter().map(|r| r["cost"].as_f64().unwrap()).sum();
+    assert!(
+        !results.is_empty() && results.len() < 10,
+        "{}",
+        results.len()
+    );
+    assert!(spent <= 20.0 && spent > 0.0, "spent {spent}");
+    let run = report["summary"]["run_id"].as_str().unwrap().to_owned();
+
+    let output = project.plumb(&[
+        "eval",
+        "--resume",
+        &run,
+        "--no-progress",
+        "--max-cost",
+        "1000",
+        "-o",
+        "out.json",
+    ]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(project.path("out.json")).unwrap()).unwrap();
+    assert_eq!(report["results"].as_array().unwrap().len(), 10);
+
+    let output = project.plumb(&["eval", "suite.yaml", "--max-cost=-1"]);
+    assert_eq!(code(&output), 2);
+    assert!(
+        stderr(&output).contains("budget must be ≥ 0"),
+        "{}",
+        stderr(&output)
+    );
+}
