@@ -5,6 +5,7 @@
 //! `plumb_store::Store`: it knows no provider, HTTP client or SQL.
 
 pub mod assertion;
+pub mod calibrate;
 pub mod judge;
 pub mod metrics;
 pub mod plan;

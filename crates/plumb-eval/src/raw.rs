@@ -29,6 +29,9 @@ pub(crate) struct RawSuite {
     pub evaluate_options: Option<RawEvaluateOptions>,
     #[serde(default, rename = "outputPath")]
     pub output_path: Option<OneOrMany<String>>,
+    /// plumb's: human labels the suite's judges are calibrated against.
+    #[serde(default)]
+    pub calibration: Option<Spanned<RawCalibration>>,
     /// Free-form in promptfoo; accepted and kept out of the run.
     #[serde(default)]
     #[allow(dead_code, reason = "free-form, accepted for promptfoo compatibility")]
@@ -36,6 +39,17 @@ pub(crate) struct RawSuite {
     #[serde(default)]
     #[allow(dead_code, reason = "free-form, accepted for promptfoo compatibility")]
     pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCalibration {
+    /// The labels CSV, relative to the suite (`file://` optional).
+    pub labels: String,
+    #[serde(default, rename = "minKappa")]
+    pub min_kappa: Option<f64>,
+    #[serde(default)]
+    pub repeats: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

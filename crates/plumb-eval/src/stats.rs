@@ -47,6 +47,25 @@ pub fn mcnemar_exact(b: u64, c: u64) -> f64 {
     (2.0 * total).min(1.0)
 }
 
+/// Cohen's κ of two raters' binary verdicts from their confusion counts (a = pass by both,
+/// b = pass by the first only, c = pass by the second only, d = fail by both): observed agreement
+/// beyond chance, (p_o − p_e) / (1 − p_e). `None` when chance agreement is total (each rater
+/// used one class, the same) or there is nothing to compare.
+pub fn cohen_kappa(a: u64, b: u64, c: u64, d: u64) -> Option<f64> {
+    let n = (a + b + c + d) as f64;
+    if n == 0.0 {
+        return None;
+    }
+    let observed = (a + d) as f64 / n;
+    let first_pass = (a + b) as f64 / n;
+    let second_pass = (a + c) as f64 / n;
+    let chance = first_pass * second_pass + (1.0 - first_pass) * (1.0 - second_pass);
+    if (1.0 - chance).abs() < 1e-12 {
+        return None;
+    }
+    Some((observed - chance) / (1.0 - chance))
+}
+
 /// Mean of `values` (0 for empty).
 pub fn mean(values: &[f64]) -> f64 {
     if values.is_empty() {
@@ -380,6 +399,24 @@ mod tests {
             (0.03..=0.07).contains(&rate(permutation)),
             "permutation: {}",
             rate(permutation)
+        );
+    }
+
+    #[test]
+    fn cohen_kappa_matches_textbook_examples() {
+        // Wikipedia's example: 50 proposals, both yes 20, A yes B no 5, A no B yes 10, both
+        // no 15: p_o = 0.7, p_e = 0.5, κ = 0.4.
+        let kappa = cohen_kappa(20, 5, 10, 15).unwrap();
+        assert!((kappa - 0.4).abs() < 1e-12, "{kappa}");
+        // Second example there: 45/15/25/15 gives κ ≈ 0.1304.
+        let kappa = cohen_kappa(45, 15, 25, 15).unwrap();
+        assert!((kappa - 0.1304).abs() < 1e-4, "{kappa}");
+        assert_eq!(cohen_kappa(10, 0, 0, 10), Some(1.0));
+        assert_eq!(cohen_kappa(7, 0, 0, 0), None, "one class on both sides");
+        assert_eq!(cohen_kappa(0, 0, 0, 0), None);
+        assert!(
+            cohen_kappa(0, 5, 5, 0).unwrap() < 0.0,
+            "systematic disagreement"
         );
     }
 }

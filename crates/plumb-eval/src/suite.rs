@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use serde_saphyr::Spanned;
 
 use crate::assertion::{self, Assertion};
+use crate::calibrate::CalibrationConfig;
 use crate::judge::{self, FactualityScores, JudgePrompt};
 use crate::raw::{
     Node, RawAssertion, RawMessage, RawPromptObject, RawProviderObject, RawSuite, RawTest,
@@ -40,6 +41,8 @@ pub struct Suite {
     /// `defaultTest.options.provider`: the grader of judged assertions that name none (and
     /// whose test names none); `plumb eval --grader` overrides it.
     pub default_grader: Option<Arc<Grader>>,
+    /// `calibration:`: human labels for the judges, and the κ they must reach to gate.
+    pub calibration: Option<CalibrationConfig>,
 }
 
 /// The provider of a judge, with its identity computed once: its id, plus its config when it
@@ -284,7 +287,8 @@ impl Suite {
             .output_path
             .map(|paths| paths.0.into_iter().map(|p| base_dir.join(p)).collect())
             .unwrap_or_default();
-        let suite = Suite {
+        let calibration_raw = raw.calibration;
+        let mut suite = Suite {
             path: path.to_owned(),
             description: raw.description.unwrap_or_default(),
             prompts,
@@ -296,8 +300,35 @@ impl Suite {
             output_paths,
             content_hash: hash_hex(text.as_bytes()),
             default_grader,
+            calibration: None,
         };
         suite.check_renders()?;
+        if let Some(raw) = calibration_raw {
+            let at = location_of(path, &raw);
+            let raw = raw.value;
+            if let Some(kappa) = raw.min_kappa
+                && !(-1.0..=1.0).contains(&kappa)
+            {
+                return Err(with_message(
+                    &at,
+                    format!("`calibration.minKappa` is a Cohen's κ in [-1, 1], got {kappa}"),
+                ));
+            }
+            if raw.repeats == Some(0) {
+                return Err(with_message(
+                    &at,
+                    "`calibration.repeats` must be at least 1",
+                ));
+            }
+            let labels = base_dir.join(raw.labels.trim_start_matches("file://"));
+            let rows = crate::calibrate::load_labels(&labels, &suite)?;
+            suite.calibration = Some(CalibrationConfig {
+                labels,
+                min_kappa: raw.min_kappa,
+                repeats: raw.repeats,
+                rows,
+            });
+        }
         Ok(suite)
     }
 
@@ -313,8 +344,9 @@ impl Suite {
         ))
     }
 
-    /// The graders the suite's judged assertions use, by key (the default grader included).
-    pub fn graders(&self) -> IndexMap<String, Arc<Grader>> {
+    /// The graders the suite's judged assertions use, by key (with `include_default`, the
+    /// suite's default grader too).
+    pub fn graders(&self, include_default: bool) -> IndexMap<String, Arc<Grader>> {
         fn walk(assertion: &Assertion, into: &mut IndexMap<String, Arc<Grader>>) {
             if let Some(grader) = &assertion.grader {
                 into.entry(grader.key.clone())
@@ -325,7 +357,7 @@ impl Suite {
             }
         }
         let mut graders = IndexMap::new();
-        if let Some(grader) = &self.default_grader {
+        if include_default && let Some(grader) = &self.default_grader {
             graders.insert(grader.key.clone(), grader.clone());
         }
         for test in &self.tests {

@@ -223,7 +223,7 @@ fn build_models(
 
 /// Builds the embedders the suite's `similar` assertions name, pulling the embedded one if
 /// it is not installed yet.
-fn build_embedders(
+pub(crate) fn build_embedders(
     suite: &Suite,
     ctx: &ProviderContext,
 ) -> anyhow::Result<HashMap<String, Arc<dyn Embedder>>> {
@@ -245,14 +245,15 @@ fn build_embedders(
 /// Builds the graders of the suite's judged assertions (and `--grader`). A grader that cannot
 /// be built is kept as its error: the assertions it grades are unmeasured with that reason and
 /// the run goes on.
-fn build_graders(
+pub(crate) fn build_graders(
     suite: &Suite,
     cli_grader: Option<&str>,
     ctx: &ProviderContext,
     pull: bool,
 ) -> plumb_eval::judge::Graders {
     let mut specs: Vec<(String, String, serde_json::Map<String, serde_json::Value>)> = suite
-        .graders()
+        // `--grader` replaces the suite's default grader: no need to build that one.
+        .graders(cli_grader.is_none())
         .into_iter()
         .map(|(key, grader)| (key, grader.spec.id.clone(), grader.spec.options.clone()))
         .collect();
@@ -403,6 +404,13 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
         }
     });
 
+    // Kept for the judges' calibration after the run (the run takes its own).
+    let calibration_backends = suite
+        .calibration
+        .as_ref()
+        .filter(|c| c.min_kappa.is_some())
+        .map(|_| (graders.clone(), embedders.clone()));
+
     let observer = Arc::new(ProgressObserver::new(request.progress));
     let outcome = plumb_eval::run(
         suite.clone(),
@@ -466,6 +474,31 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
         request.db_path.display()
     );
 
+    // `calibration.minKappa`: judged metrics may gate only when their judges agree with the
+    // human labels; the labeled outputs are judged through the cache (once per judge prompt).
+    let mut untrusted = Vec::new();
+    if let (Some(config), Some((graders, embedders))) = (&suite.calibration, calibration_backends)
+        && let Some(min_kappa) = config.min_kappa
+    {
+        let calibrator = plumb_eval::calibrate::Calibrator {
+            graders: Arc::new(graders),
+            store: store.clone(),
+            cache: request.cache,
+            embedders: Arc::new(embedders),
+            concurrency: 8,
+        };
+        let calibration = calibrator
+            .calibrate(&suite, &config.labels, &config.rows, 1)
+            .await;
+        print_stdout(&format!(
+            "\nJudge calibration ({} labeled outputs in {})\n{}",
+            config.rows.len(),
+            config.labels.display(),
+            plumb_eval::calibrate::render(&calibration, Some(min_kappa))
+        ))?;
+        untrusted = calibration.untrusted(min_kappa);
+    }
+
     if outcome.budget_reached {
         eprintln!(
             "plumb: stopped at the budget: ${:.4} spent of --max-cost ${:.4}; the next case would \
@@ -494,6 +527,13 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
         return Ok(Finished {
             outcome: Outcome::Ok,
         });
+    }
+    for problem in &untrusted {
+        eprintln!(
+            "plumb: gate failed: judged metrics may not gate: {problem} (fix the rubric or the \
+             grader, then check with `plumb judge calibrate {}`)",
+            request.suite_path.display()
+        );
     }
     let failed_gate = if let Some(reference) = &request.fail_on_regression {
         let regressions: Vec<&Comparison> = run_comparisons
@@ -534,6 +574,7 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
             }
         }
     };
+    let failed_gate = failed_gate || !untrusted.is_empty();
     Ok(Finished {
         outcome: if failed_gate {
             Outcome::GateFailed

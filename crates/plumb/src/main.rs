@@ -3,6 +3,7 @@
 
 mod audit_cmd;
 mod eval_cmd;
+mod judge_cmd;
 mod keys_cmd;
 mod models_cmd;
 mod progress;
@@ -36,6 +37,11 @@ struct Cli {
 enum Command {
     /// Run an eval suite and report pass rates, comparisons and failures
     Eval(eval_cmd::EvalArgs),
+    /// Calibrate the suite's judges against human labels (agreement, Cohen's κ, TPR/TNR, flips)
+    Judge {
+        #[command(subcommand)]
+        command: judge_cmd::JudgeCommand,
+    },
     /// Pull the embedded model and run the demo eval (two prompt versions on a local model)
     Quickstart(quickstart::QuickstartArgs),
     /// Scaffold a new plumb project (prompt file, suite, .gitignore) that runs as it is
@@ -123,6 +129,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Eval(args) => eval_cmd::run(args).await,
+            Command::Judge { command } => judge_cmd::run(command).await,
             Command::Quickstart(args) => quickstart::quickstart(args).await,
             Command::Init(args) => quickstart::init(args),
             Command::Models { command } => models_cmd::run(command),

@@ -240,7 +240,7 @@ impl FactualityScores {
 }
 
 /// The graders a run can ask, by the key `Suite::graders` gives them.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Graders {
     pub models: HashMap<String, Result<Arc<dyn ChatModel>, String>>,
     /// `--grader`, or `defaultTest.options.provider`: used where an assertion names none.

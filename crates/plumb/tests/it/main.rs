@@ -726,3 +726,136 @@ fn dry_run_counts_calls_and_max_cost_stops_before_the_budget_then_resumes() {
         stderr(&output)
     );
 }
+
+#[test]
+fn calibrating_the_example_judges_reports_kappa_per_criterion_and_gates_on_it() {
+    let project = Project::new();
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/calibration");
+    for name in ["suite.yaml", "human.csv"] {
+        project.write(name, &std::fs::read_to_string(example.join(name)).unwrap());
+    }
+    // A scripted judge that finds six of the seven impolite replies (it misses "No.") and
+    // passes every reply on `answers`.
+    let impolite = [
+        "Please wait.",
+        "wrong address",
+        "click twice",
+        "done something wrong",
+        "Calm down",
+        "should have checked",
+    ];
+    let mut rules: String = impolite
+        .iter()
+        .map(|text| {
+            format!("- when: [\"does not blame\", \"{text}\"]\n  output: '{{\"reason\": \"rude\", \"pass\": false}}'\n")
+        })
+        .collect();
+    rules.push_str(
+        "- when: [\"does not blame\"]\n  output: '{\"reason\": \"kind\", \"pass\": true}'\n",
+    );
+    rules.push_str(
+        "- when: [\"answers the customer\"]\n  output: '{\"reason\": \"ok\", \"pass\": true}'\n",
+    );
+    project.write("rules.yaml", &rules);
+    let output = project.plumb(&[
+        "judge",
+        "calibrate",
+        "suite.yaml",
+        "--grader",
+        "mock:rules:rules.yaml",
+        "-o",
+        "cal.json",
+    ]);
+    assert_eq!(
+        code(&output),
+        1,
+        "answers' κ 0 < minKappa 0.4: {}",
+        stderr(&output)
+    );
+    let text = stdout(&output);
+    assert!(
+        text.contains("polite") && text.contains("answers"),
+        "{text}"
+    );
+    assert!(text.contains("may NOT gate CI"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(project.path("cal.json")).unwrap()).unwrap();
+    let polite = &report["criteria"][0];
+    assert_eq!(polite["criterion"], "polite");
+    assert_eq!(
+        (
+            polite["tp"].as_u64(),
+            polite["fp"].as_u64(),
+            polite["tn"].as_u64(),
+            polite["fn"].as_u64()
+        ),
+        (Some(13), Some(1), Some(6), Some(0))
+    );
+    // p_o = 19/20, p_e = 0.7 · 0.65 + 0.3 · 0.35 = 0.56: κ = 0.39 / 0.44
+    let kappa = polite["kappa"].as_f64().unwrap();
+    assert!((kappa - 0.39 / 0.44).abs() < 1e-9, "{kappa}");
+    assert_eq!(polite["flipped"], 0);
+    assert_eq!(polite["repeats"], 3);
+    let answers = &report["criteria"][1];
+    assert_eq!(answers["kappa"].as_f64(), Some(0.0));
+    assert_eq!(
+        (answers["tpr"].as_f64(), answers["tnr"].as_f64()),
+        (Some(1.0), Some(0.0))
+    );
+    assert!(
+        stderr(&output).contains("below the minimum κ"),
+        "{}",
+        stderr(&output)
+    );
+
+    // `plumb eval` checks the judges before their metrics may gate.
+    let suite = std::fs::read_to_string(project.path("suite.yaml"))
+        .unwrap()
+        .replace(
+            "  - local:gemma3-270m",
+            "  - \"mock:text:Sorry! The refund is on its way.\"",
+        )
+        .replace(
+            "provider: local:smollm2-135m",
+            "provider: mock:rules:rules.yaml",
+        );
+    project.write("suite.yaml", &suite);
+    let output = project.plumb(&["eval", "suite.yaml", "--no-progress"]);
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    assert!(stdout(&output).contains("Judge calibration (40 labeled outputs"));
+    let err = stderr(&output);
+    assert!(
+        err.contains("judged metrics may not gate") && err.contains("`answers`"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("of `polite`"),
+        "polite's judge is trusted: {err}"
+    );
+    project.write("suite.yaml", &suite.replace("minKappa: 0.4", "minKappa: 0"));
+    let output = project.plumb(&["eval", "suite.yaml", "--no-progress"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+
+    // A label file with a typo'd criterion fails at its line.
+    project.write(
+        "bad.csv",
+        "test,criterion,output,label\nlate order,politeness,Hi,pass\n",
+    );
+    let output = project.plumb(&[
+        "judge",
+        "calibrate",
+        "suite.yaml",
+        "--labels",
+        "bad.csv",
+        "--grader",
+        "mock:rules:rules.yaml",
+    ]);
+    assert_eq!(code(&output), 2);
+    let err = stderr(&output);
+    assert!(
+        err.contains("bad.csv:2") && err.contains("no judged assertion `politeness`"),
+        "{err}"
+    );
+    assert!(err.contains("`polite`"), "{err}");
+}
