@@ -47,9 +47,10 @@ pub enum AssertionType {
     AnswerRelevance,
     ContextPrecision,
     ContextRecall,
+    SelectBest,
 }
 
-const SUPPORTED: [(&str, AssertionType); 30] = [
+const SUPPORTED: [(&str, AssertionType); 31] = [
     ("equals", AssertionType::Equals),
     ("contains", AssertionType::Contains),
     ("icontains", AssertionType::Icontains),
@@ -83,13 +84,13 @@ const SUPPORTED: [(&str, AssertionType); 30] = [
     ("answer-relevance", AssertionType::AnswerRelevance),
     ("context-precision", AssertionType::ContextPrecision),
     ("context-recall", AssertionType::ContextRecall),
+    ("select-best", AssertionType::SelectBest),
 ];
 
 /// promptfoo types plumb knows of but does not run yet: named so the error says "not supported"
 /// rather than "unknown", and never silently skipped.
-const NOT_YET: [&str; 25] = [
+const NOT_YET: [&str; 24] = [
     "context-relevance",
-    "select-best",
     "max-score",
     "javascript",
     "python",
@@ -124,13 +125,20 @@ impl AssertionType {
             .unwrap_or("unknown")
     }
 
-    /// Graded by a model (a judge call per case), not by code.
+    /// Graded by a model, not by code: per case, or (`select-best`) per test across the
+    /// outputs of every prompt and provider.
     pub fn is_judged(self) -> bool {
         use AssertionType as T;
         matches!(
             self,
-            T::LlmRubric | T::GEval | T::ModelGradedClosedqa | T::Factuality
+            T::LlmRubric | T::GEval | T::ModelGradedClosedqa | T::Factuality | T::SelectBest
         ) || self.is_rag()
+    }
+
+    /// Judged with plumb's own prompts only (several questions, or several outputs at once):
+    /// no `rubricPrompt`.
+    pub fn has_builtin_prompts(self) -> bool {
+        self.is_rag() || self == AssertionType::SelectBest
     }
 
     /// A RAG metric: judged against the retrieved context (RAGAS's algorithms).
@@ -232,6 +240,10 @@ pub struct Output<'a> {
 /// Unit vectors by (embedder id, text), computed before assertions run (embedding is async,
 /// assertions are not).
 pub type Embeddings = std::collections::HashMap<(String, String), Vec<f32>>;
+
+/// What a `select-best` result says until the test's outputs are compared.
+pub const SELECT_BEST_PENDING: &str =
+    "select-best is decided once every prompt and provider has answered this test";
 
 /// The embedder `similar` uses when the assertion names none.
 pub const DEFAULT_EMBEDDER: &str = "local:all-minilm-l6-v2";
@@ -436,6 +448,10 @@ impl Assertion {
                 }
                 self.check_unit_threshold()?;
             }
+            T::SelectBest => match &self.value {
+                Some(Value::String(text)) if !text.trim().is_empty() => {}
+                _ => return need("the criterion the best output meets"),
+            },
             T::ContextFaithfulness | T::AnswerRelevance => {
                 if self.value.is_some() {
                     return Err((
@@ -467,6 +483,8 @@ impl Assertion {
 
     pub fn evaluate(&self, output: &Output<'_>, vars: &Map<String, Value>) -> AssertionResult {
         let (pass, score, reason, judge) = match self.kind {
+            // Decided by `select::select_best` once every output of the test is in.
+            AssertionType::SelectBest => return self.unmeasured(SELECT_BEST_PENDING.into()),
             _ if self.kind.is_judged() => match output.judgements.get(&self.id) {
                 Some(Ok(verdict)) => {
                     let verdict = verdict.clone();
@@ -489,6 +507,17 @@ impl Assertion {
                 Err(reason) => (false, 0.0, reason, None),
             },
         };
+        self.decided(pass, score, reason, judge)
+    }
+
+    /// The result of a measured outcome (before `not-`, which this applies).
+    pub(crate) fn decided(
+        &self,
+        pass: bool,
+        score: f64,
+        reason: String,
+        judge: Option<JudgeInfo>,
+    ) -> AssertionResult {
         let (pass, score, reason) = if self.negate {
             (
                 !pass,
@@ -510,7 +539,7 @@ impl Assertion {
         }
     }
 
-    fn unmeasured(&self, reason: String) -> AssertionResult {
+    pub(crate) fn unmeasured(&self, reason: String) -> AssertionResult {
         AssertionResult {
             label: self.label.clone(),
             pass: false,
@@ -844,7 +873,8 @@ impl Assertion {
             | T::ContextFaithfulness
             | T::AnswerRelevance
             | T::ContextPrecision
-            | T::ContextRecall => Err("internal: a judged assertion evaluated as code".into()),
+            | T::ContextRecall
+            | T::SelectBest => Err("internal: a judged assertion evaluated as code".into()),
         }
     }
 

@@ -98,6 +98,19 @@ pub(crate) struct Estimator<'a> {
 }
 
 impl Estimator<'_> {
+    /// The assertion's grader (its own, else the run's default), when it could be built.
+    fn grader(&self, assertion: &Assertion) -> Option<(String, Arc<dyn ChatModel>)> {
+        let key = assertion
+            .grader
+            .as_ref()
+            .map(|g| g.key.clone())
+            .or_else(|| self.graders.default.clone())?;
+        match self.graders.models.get(&key) {
+            Some(Ok(grader)) => Some((key, grader.clone())),
+            _ => None,
+        }
+    }
+
     /// The case's calls. `steps_seen` holds the (grader, criterion) pairs whose g-eval steps are
     /// already counted (they are generated once per run); `None` counts them every time.
     pub async fn case(
@@ -145,16 +158,35 @@ impl Estimator<'_> {
         let mut seen = steps_seen;
         let mut judged = Vec::new();
         collect_judged(&test.asserts, &mut judged);
+        // select-best: two calls per test (both orders) over every output, counted on the
+        // test's first case.
+        let outputs = (self.suite.prompts.len() * self.suite.providers.len()) as u64;
+        if key.prompt_idx == 0 && key.provider_idx == 0 {
+            for assertion in &test.asserts {
+                if assertion.kind != AssertionType::SelectBest {
+                    continue;
+                }
+                let Some((grader_key, grader)) = self.grader(assertion) else {
+                    continue;
+                };
+                let prompt = JUDGE_PROMPT_TOKENS
+                    + grader.count_tokens(&reads_text(assertion, &test.vars))
+                    + outputs * output_tokens;
+                estimate.judges.push((
+                    grader_key,
+                    Line {
+                        calls: 2,
+                        prompt_tokens: 2 * prompt,
+                        completion_tokens: 2 * VERDICT_TOKENS,
+                        cost: 2.0 * cost(grader.pricing(), prompt, VERDICT_TOKENS),
+                        priced: grader.pricing().is_some(),
+                        cached: 0,
+                    },
+                ));
+            }
+        }
         for assertion in judged {
-            let grader_key = assertion
-                .grader
-                .as_ref()
-                .map(|g| g.key.clone())
-                .or_else(|| self.graders.default.clone());
-            let Some(grader_key) = grader_key else {
-                continue;
-            };
-            let Some(Ok(grader)) = self.graders.models.get(&grader_key) else {
+            let Some((grader_key, grader)) = self.grader(assertion) else {
                 continue;
             };
             let calls = judge_calls(assertion, &test.vars);

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 
-use crate::assertion::{self, AssertionResult, Embeddings, Output};
+use crate::assertion::{self, AssertionResult, AssertionType, Embeddings, Output};
 use crate::judge::{Graders, JudgeContext, StepsMemo, Subject};
 use crate::suite::{RegistryVersion, Suite, render_messages};
 
@@ -147,6 +147,16 @@ pub struct RunOutcome {
     pub budget_reached: bool,
     /// What this run spent on models and judges (USD).
     pub spent: f64,
+    pub select_best: SelectBestStats,
+}
+
+/// What the `select-best` pass did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SelectBestStats {
+    /// Comparisons asked (one per test, repeat and select-best assertion; each in two orders).
+    pub comparisons: u64,
+    /// Comparisons whose two orders picked different outputs: left unmeasured.
+    pub position_bias: u64,
 }
 
 /// `--max-cost`: what has been spent, and what the cases in flight may still spend.
@@ -490,6 +500,19 @@ pub async fn run(
         .map_err(|e| RunError::Internal(e.to_string()))??;
 
     let fatal = fatal.lock().await.take();
+    let mut select_best = SelectBestStats::default();
+    if fatal.is_none() && !cancel.load(Ordering::Relaxed) && suite.has_select_best() {
+        let judges = SelectBestPass {
+            suite: &suite,
+            run_id: &run_id,
+            store: store.clone(),
+            graders: graders.clone(),
+            embedders: embedders.clone(),
+            cache: options.cache,
+            repeat,
+        };
+        select_best = judges.run().await?;
+    }
     let status = match (&fatal, cancel.load(Ordering::Relaxed) || budget_reached) {
         (Some(_), _) => RunStatus::Failed,
         (None, true) => RunStatus::Interrupted,
@@ -506,6 +529,7 @@ pub async fn run(
         elapsed: started.elapsed(),
         budget_reached,
         spent,
+        select_best,
     })
 }
 
@@ -694,6 +718,177 @@ impl Job {
             }
         }
         Ok(embeddings)
+    }
+}
+
+/// After the cases: each test's `select-best` assertions compare the outputs of every prompt
+/// and provider (read back from the store), and the members' results are rewritten with the
+/// outcome.
+struct SelectBestPass<'a> {
+    suite: &'a Suite,
+    run_id: &'a str,
+    store: Arc<dyn Store>,
+    graders: Arc<Graders>,
+    embedders: Arc<HashMap<String, Arc<dyn Embedder>>>,
+    cache: CacheMode,
+    repeat: u32,
+}
+
+impl SelectBestPass<'_> {
+    async fn run(&self) -> Result<SelectBestStats, RunError> {
+        let suite = self.suite;
+        let wanted: Vec<bool> = suite
+            .tests
+            .iter()
+            .map(|t| {
+                t.asserts
+                    .iter()
+                    .any(|a| a.kind == AssertionType::SelectBest)
+            })
+            .collect();
+        let groups = {
+            let store = self.store.clone();
+            let run_id = self.run_id.to_owned();
+            tokio::task::spawn_blocking(move || {
+                let mut groups: std::collections::BTreeMap<(u32, u32), Vec<CaseResult>> =
+                    std::collections::BTreeMap::new();
+                store.for_each_result(&run_id, &mut |record| {
+                    if wanted.get(record.key.test_idx as usize) == Some(&true) {
+                        let result: CaseResult =
+                            serde_json::from_str(&record.payload).map_err(|e| {
+                                StoreError::Internal(format!("bad result payload: {e}"))
+                            })?;
+                        groups
+                            .entry((result.test_idx, result.repeat_idx))
+                            .or_default()
+                            .push(result);
+                    }
+                    Ok(())
+                })?;
+                Ok::<_, StoreError>(groups)
+            })
+            .await
+            .map_err(|e| RunError::Internal(e.to_string()))??
+        };
+        let members = suite.prompts.len() * suite.providers.len();
+        let steps = Arc::new(StepsMemo::default());
+        let mut stats = SelectBestStats::default();
+        let mut updated = Vec::new();
+        for ((test_idx, repeat_idx), mut group) in groups {
+            let test = &suite.tests[test_idx as usize];
+            group.sort_by_key(|r| (r.provider_idx, r.prompt_idx));
+            let missing: Vec<String> = group
+                .iter()
+                .filter(|r| r.assertions.is_empty())
+                .map(|r| format!("`{} · {}`", r.prompt, r.provider))
+                .collect();
+            let incomplete = if group.len() < members {
+                Some(format!(
+                    "select-best needs every prompt's and provider's output for this test;                      {} of {members} are in",
+                    group.len()
+                ))
+            } else if !missing.is_empty() {
+                Some(format!(
+                    "select-best needs every output of this test; {} had none (model error)",
+                    missing.join(", ")
+                ))
+            } else {
+                None
+            };
+            let judges = JudgeContext {
+                graders: self.graders.clone(),
+                caller: Caller {
+                    store: self.store.clone(),
+                    cache: self.cache,
+                    repeat: (self.repeat > 1).then_some(repeat_idx),
+                },
+                steps: steps.clone(),
+                embedders: self.embedders.clone(),
+            };
+            let outputs: Vec<(String, String)> = group
+                .iter()
+                .map(|r| (format!("{} · {}", r.prompt, r.provider), r.output.clone()))
+                .collect();
+            for (index, assertion) in test.asserts.iter().enumerate() {
+                if assertion.kind != AssertionType::SelectBest {
+                    continue;
+                }
+                let outcome = match &incomplete {
+                    Some(reason) => Err(reason.clone()),
+                    None => {
+                        stats.comparisons += 1;
+                        judges.select_best(assertion, &test.vars, &outputs).await
+                    }
+                };
+                if let Err(reason) = &outcome
+                    && reason.starts_with(crate::judge::select::POSITION_BIAS)
+                {
+                    stats.position_bias += 1;
+                }
+                for (member, result) in group.iter_mut().enumerate() {
+                    if result.assertions.len() <= index {
+                        continue;
+                    }
+                    result.assertions[index] = match &outcome {
+                        Err(reason) => assertion.unmeasured(reason.clone()),
+                        Ok(pick) => {
+                            let judge = if member == 0 {
+                                pick.judge.clone()
+                            } else {
+                                // The comparison's cost is counted once, on the first output.
+                                crate::judge::JudgeInfo {
+                                    calls: 0,
+                                    cost: 0.0,
+                                    usage: Usage::default(),
+                                    ..pick.judge.clone()
+                                }
+                            };
+                            result.judge_cost += judge.cost;
+                            let chosen = pick.winner == member;
+                            let reason = if chosen {
+                                format!(
+                                    "picked as the best of {} in both orders: {}",
+                                    outputs.len(),
+                                    pick.reason
+                                )
+                            } else {
+                                format!(
+                                    "not picked: the judge chose `{}` in both orders: {}",
+                                    outputs[pick.winner].0, pick.reason
+                                )
+                            };
+                            assertion.decided(
+                                chosen,
+                                f64::from(u8::from(chosen)),
+                                reason,
+                                Some(judge),
+                            )
+                        }
+                    };
+                }
+            }
+            for result in &mut group {
+                if result.assertions.is_empty() {
+                    continue;
+                }
+                let (score, pass) = assertion::verdict(&result.assertions, test.threshold);
+                result.score = score;
+                result.pass = pass;
+                result.error = pass.is_none().then(|| {
+                    format!(
+                        "judge: {}",
+                        assertion::unmeasured_reasons(&result.assertions)
+                    )
+                });
+                updated.push(result.record()?);
+            }
+        }
+        let store = self.store.clone();
+        let run_id = self.run_id.to_owned();
+        tokio::task::spawn_blocking(move || store.append_results(&run_id, &updated))
+            .await
+            .map_err(|e| RunError::Internal(e.to_string()))??;
+        Ok(stats)
     }
 }
 

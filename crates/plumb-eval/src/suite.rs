@@ -303,6 +303,24 @@ impl Suite {
             calibration: None,
         };
         suite.check_renders()?;
+        if suite.prompts.len() * suite.providers.len() < 2
+            && let Some(assertion) = suite
+                .tests
+                .iter()
+                .flat_map(|t| &t.asserts)
+                .find(|a| a.kind == assertion::AssertionType::SelectBest)
+        {
+            let at = assertion
+                .location
+                .clone()
+                .unwrap_or_else(|| SourceError::in_file(path, ""));
+            return Err(with_message(
+                &at,
+                "`select-best` compares each test's outputs across prompts and providers, \
+                 but this suite has one prompt and one provider",
+            )
+            .with_hint("add a prompt version or a provider to compare"));
+        }
         if let Some(raw) = calibration_raw {
             let at = location_of(path, &raw);
             let raw = raw.value;
@@ -366,6 +384,15 @@ impl Suite {
             }
         }
         graders
+    }
+
+    /// Whether any test has a `select-best` assertion (judged after the cases, per test).
+    pub fn has_select_best(&self) -> bool {
+        self.tests.iter().any(|t| {
+            t.asserts
+                .iter()
+                .any(|a| a.kind == assertion::AssertionType::SelectBest)
+        })
     }
 
     /// Whether any test has a judged assertion.
@@ -928,7 +955,17 @@ fn resolve_assertion(raw: &RawAssertion, path: &Path) -> Result<Assertion, Sourc
                     ),
                 ));
             }
-            resolve_assertions(children, path)?
+            let children = resolve_assertions(children, path)?;
+            if let Some(child) = children
+                .iter()
+                .find(|c| c.kind == assertion::AssertionType::SelectBest)
+            {
+                return Err(with_message(
+                    child.location.as_ref().unwrap_or(&at),
+                    "`select-best` cannot be inside an `assert-set`: it compares whole tests",
+                ));
+            }
+            children
         }
         None => Vec::new(),
     };
@@ -972,11 +1009,11 @@ fn resolve_assertion(raw: &RawAssertion, path: &Path) -> Result<Assertion, Sourc
         }
     }
     if let Some(prompt) = &raw.rubric_prompt {
-        if resolved.kind.is_rag() {
+        if resolved.kind.has_builtin_prompts() {
             return Err(with_message(
                 &at,
                 format!(
-                    "`{}` takes no `rubricPrompt`: it asks several built-in questions",
+                    "`{}` takes no `rubricPrompt`: it asks its own built-in questions",
                     raw.kind.value
                 ),
             ));
@@ -1022,7 +1059,7 @@ fn apply_judge_options(
             assertion.grader = grader.cloned();
         }
         // RAG metrics ask several built-in questions; a test's `rubricPrompt` is for the others.
-        if assertion.rubric_prompt.is_none() && !assertion.kind.is_rag() {
+        if assertion.rubric_prompt.is_none() && !assertion.kind.has_builtin_prompts() {
             assertion.rubric_prompt = rubric_prompt.cloned();
         }
         if assertion.factuality.is_none() {

@@ -60,6 +60,9 @@ pub struct Cell {
     /// With repeats: tests whose repeats disagreed, over tests with ≥ 2 measured repeats.
     pub flaky_tests: u64,
     pub repeated_tests: u64,
+    /// `select-best` comparisons whose two orders picked different outputs (unmeasured).
+    #[serde(default)]
+    pub position_bias: u64,
 }
 
 impl Cell {
@@ -240,6 +243,7 @@ pub fn summarize(store: &dyn Store, run: &RunRecord) -> Result<(Summary, Outcome
                     metrics: IndexMap::new(),
                     flaky_tests: 0,
                     repeated_tests: 0,
+                    position_bias: 0,
                 },
                 latencies: Vec::new(),
                 scores: Vec::new(),
@@ -267,6 +271,11 @@ pub fn summarize(store: &dyn Store, run: &RunRecord) -> Result<(Summary, Outcome
                 }
             }
         }
+        cell.position_bias += result
+            .assertions
+            .iter()
+            .filter(|a| a.unmeasured && a.reason.starts_with(crate::judge::select::POSITION_BIAS))
+            .count() as u64;
         cell.prompt_tokens += result.usage.prompt_tokens;
         cell.completion_tokens += result.usage.completion_tokens;
         cell.cost += result.cost;
@@ -698,6 +707,7 @@ mod tests {
             metrics: IndexMap::new(),
             flaky_tests: 0,
             repeated_tests: 0,
+            position_bias: 0,
         }
     }
 

@@ -436,6 +436,13 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
         Err(error) => return Err(anyhow::Error::new(error)),
     };
 
+    if outcome.select_best.comparisons > 0 {
+        eprintln!(
+            "plumb: select-best: {} comparisons asked in both orders; {} picked differently \
+             when the order was reversed (position bias: left unmeasured)",
+            outcome.select_best.comparisons, outcome.select_best.position_bias
+        );
+    }
     let run = store.find_run(&outcome.run_id)?;
     let current = plumb_eval::summarize(store.as_ref(), &run)?;
     let mut run_comparisons: Vec<Comparison> = Vec::new();

@@ -24,6 +24,7 @@ use crate::metrics;
 use crate::runner::Caller;
 
 pub mod rag;
+pub mod select;
 
 /// How many times a verdict that does not fit its schema is asked again.
 const REASKS: u32 = 1;
@@ -320,7 +321,11 @@ impl JudgeContext {
             .collect()
     }
 
-    async fn judge(&self, assertion: &Assertion, subject: &Subject<'_>) -> Result<Verdict, String> {
+    /// The grader of `assertion` (its own, else the run's default) and its key.
+    fn grader_of<'a>(
+        &'a self,
+        assertion: &'a Assertion,
+    ) -> Result<(&'a str, Arc<dyn ChatModel>), String> {
         let grader = assertion
             .grader
             .as_ref()
@@ -334,11 +339,15 @@ impl JudgeContext {
                     assertion.label
                 )
             })?;
-        let model = match self.graders.models.get(grader) {
-            Some(Ok(model)) => model.clone(),
-            Some(Err(error)) => return Err(format!("grader `{grader}`: {error}")),
-            None => return Err(format!("grader `{grader}` was not built")),
-        };
+        match self.graders.models.get(grader) {
+            Some(Ok(model)) => Ok((grader, model.clone())),
+            Some(Err(error)) => Err(format!("grader `{grader}`: {error}")),
+            None => Err(format!("grader `{grader}` was not built")),
+        }
+    }
+
+    async fn judge(&self, assertion: &Assertion, subject: &Subject<'_>) -> Result<Verdict, String> {
+        let (grader, model) = self.grader_of(assertion)?;
         if assertion.kind.is_rag() {
             return self.rag(assertion, &model, grader, subject).await;
         }
@@ -720,9 +729,10 @@ fn add_info(total: &mut JudgeInfo, part: &JudgeInfo) {
     };
 }
 
+/// The assertions judged per case (`select-best` is judged per test, after the run).
 pub(crate) fn collect_judged<'a>(asserts: &'a [Assertion], into: &mut Vec<&'a Assertion>) {
     for assertion in asserts {
-        if assertion.kind.is_judged() {
+        if assertion.kind.is_judged() && assertion.kind != AssertionType::SelectBest {
             into.push(assertion);
         }
         collect_judged(&assertion.children, into);

@@ -171,6 +171,17 @@ pub fn render(summary: &Summary, run_comparisons: &[Comparison], style: Style) -
                 high * 100.0
             ));
         }
+        if cell.position_bias > 0 {
+            notes.push(style.red(&format!(
+                "select-best: {} picked differently when the order was reversed (position \
+                 bias; unmeasured)",
+                if cell.position_bias == 1 {
+                    "1 comparison".to_owned()
+                } else {
+                    format!("{} comparisons", cell.position_bias)
+                }
+            )));
+        }
         if cell.passed + cell.failed > 1 {
             notes.push(format!(
                 "mean score 95% CI {:.3}–{:.3}",

@@ -112,7 +112,7 @@ async fn run_suite(
     judge: Option<Arc<Judge>>,
     cache: CacheMode,
 ) -> Outcome {
-    run_suite_with(dir, yaml, judge, cache, HashMap::new()).await
+    run_suite_with(dir, yaml, judge, cache, HashMap::new(), None).await
 }
 
 async fn run_suite_with(
@@ -121,6 +121,7 @@ async fn run_suite_with(
     judge: Option<Arc<Judge>>,
     cache: CacheMode,
     embedders: HashMap<String, Arc<dyn Embedder>>,
+    model: Option<Arc<dyn ChatModel>>,
 ) -> Outcome {
     let path = dir.join("suite.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -141,7 +142,9 @@ async fn run_suite_with(
     let outcome = plumb_eval::run(
         suite,
         plumb_eval::Backends {
-            models: vec![Arc::new(Fixed("Paris is the capital of France."))],
+            models: vec![
+                model.unwrap_or_else(|| Arc::new(Fixed("Paris is the capital of France."))),
+            ],
             embedders,
             graders,
         },
@@ -625,6 +628,7 @@ async fn answer_relevance_is_the_mean_cosine_of_generated_questions() {
             Some(judge.clone()),
             CacheMode::Off,
             embedders,
+            None,
         )
         .await;
         let (pass, score) = out.verdicts()[0];
@@ -708,4 +712,101 @@ tests:
     assert_eq!(plan.lines["judge judge"].calls, 16);
     assert_eq!(plan.lines["model fixed"].calls, 2);
     assert!(plan.lines["judge judge"].prompt_tokens > 0);
+}
+
+/// Answers with the prompt's last message: each prompt version gives its own output.
+struct Echo;
+
+impl ChatModel for Echo {
+    fn id(&self) -> &str {
+        "echo"
+    }
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
+        let content = request.messages.last().unwrap().content.clone();
+        Box::pin(async move {
+            Ok(ChatResponse {
+                content,
+                finish_reason: Some(FinishReason::Stop),
+                ..Default::default()
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn select_best_asks_both_orders_and_reports_position_bias() {
+    let dir = tempfile::tempdir().unwrap();
+    let judge = Judge::new(|text, _| {
+        assert!(
+            text.contains("[Output 2]"),
+            "select-best shows every output: {text}"
+        );
+        let position = |label: &str| {
+            let first = text.split("[Output 2]").next().unwrap();
+            if first.contains(label) { 1 } else { 2 }
+        };
+        let best = if text.contains("t1") {
+            position("Answer B") // a consistent pick: B in both orders
+        } else if text.contains("t2") {
+            1 // always the first shown: position bias
+        } else {
+            position("Answer A")
+        };
+        format!(r#"{{"reason": "r", "best": {best}}}"#)
+    });
+    let yaml = r#"prompts: ['Answer A: {{ q }}', 'Answer B: {{ q }}']
+providers: [echo]
+tests:
+  - vars: {q: t1}
+    assert: [{type: select-best, value: the clearest answer}, {type: contains, value: Answer}]
+  - vars: {q: t2}
+    assert: [{type: select-best, value: the clearest answer}]
+  - vars: {q: t3}
+    assert: [{type: not-select-best, value: the clearest answer}]
+  - vars: {q: t4}
+    assert: [{type: contains, value: Answer}]
+"#;
+    let out = run_suite_with(
+        dir.path(),
+        yaml,
+        Some(judge.clone()),
+        CacheMode::Off,
+        HashMap::new(),
+        Some(Arc::new(Echo)),
+    )
+    .await;
+    let by_case: HashMap<(u32, u32), (Option<bool>, f64)> = out
+        .results
+        .iter()
+        .map(|r| ((r.prompt_idx, r.test_idx), (r.pass, r.score)))
+        .collect();
+    // t1: B picked in both orders. With `contains` also passing, A scores 0.5.
+    assert_eq!(by_case[&(1, 0)], (Some(true), 1.0));
+    assert_eq!(by_case[&(0, 0)], (Some(false), 0.5));
+    // t2: the first shown both times (A, then B): unmeasured on both sides.
+    assert_eq!(by_case[&(0, 1)].0, None);
+    assert_eq!(by_case[&(1, 1)].0, None);
+    let biased = out.results.iter().find(|r| r.test_idx == 1).unwrap();
+    assert!(
+        biased.assertions[0].reason.starts_with("position bias"),
+        "{}",
+        biased.assertions[0].reason
+    );
+    // t3: not-select-best: A is picked, so A fails and B passes.
+    assert_eq!(by_case[&(0, 2)], (Some(false), 0.0));
+    assert_eq!(by_case[&(1, 2)], (Some(true), 1.0));
+    assert_eq!(by_case[&(0, 3)], (Some(true), 1.0));
+    // Two calls (both orders) per compared test; the cost sits on one output only.
+    assert_eq!(judge.calls.load(Ordering::SeqCst), 6);
+    let infos: Vec<u32> = out
+        .results
+        .iter()
+        .filter(|r| r.test_idx == 0)
+        .map(|r| r.assertions[0].judge.as_ref().unwrap().calls)
+        .collect();
+    assert_eq!(infos.iter().sum::<u32>(), 2, "{infos:?}");
+    assert!(out.summary.cells.iter().all(|c| c.position_bias == 1));
 }

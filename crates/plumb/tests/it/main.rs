@@ -602,9 +602,22 @@ fn models_list_and_help() {
 fn the_judged_example_runs_offline_and_an_unknown_grader_leaves_cases_unmeasured() {
     let project = Project::new();
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/judged");
-    for name in ["suite.yaml", "rules.yaml"] {
+    for name in [
+        "suite.yaml",
+        "rules.yaml",
+        "pairwise.yaml",
+        "pairwise-rules.yaml",
+    ] {
         project.write(name, &std::fs::read_to_string(example.join(name)).unwrap());
     }
+    let output = project.plumb(&["eval", "pairwise.yaml", "--no-progress"]);
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("2 comparisons asked in both orders; 1 picked differently"),
+        "{err}"
+    );
+    assert!(stdout(&output).contains("not picked: the judge chose `Reply warmly"));
     let output = project.plumb(&["eval", "suite.yaml", "--no-progress", "-o", "out.json"]);
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     let report: serde_json::Value =
