@@ -54,7 +54,31 @@ pub struct Grader {
 }
 
 impl Grader {
-    fn new(spec: ProviderSpec) -> Grader {
+    /// A grader's `config` may tune sampling (temperature, top_p, top_k, max_tokens, seed);
+    /// the verdict's format is plumb's, so `response_format`, `tools`, `stop` and logprobs are
+    /// refused rather than dropped.
+    fn new(spec: ProviderSpec) -> Result<Grader, SourceError> {
+        let p = &spec.params;
+        let refused = [
+            ("response_format", p.response_format.is_some()),
+            ("tools", !p.tools.is_empty()),
+            ("tool_choice", p.tool_choice.is_some()),
+            ("stop", !p.stop.is_empty()),
+            ("logprobs", p.logprobs.is_some() || p.top_logprobs.is_some()),
+        ];
+        if let Some((name, _)) = refused.iter().find(|(_, set)| *set) {
+            return Err(with_message(
+                &spec.location,
+                format!(
+                    "grader `{}`: `{name}` cannot be set on a grader: plumb asks every verdict \
+                     under its own JSON Schema",
+                    spec.id
+                ),
+            )
+            .with_hint(
+                "a grader's config may set temperature, top_p, top_k, max_tokens and seed",
+            ));
+        }
         let params = serde_json::to_string(&spec.params).unwrap_or_default();
         let key = if spec.options.is_empty() && params == "{}" {
             spec.id.clone()
@@ -65,7 +89,7 @@ impl Grader {
                 Value::Object(spec.options.clone())
             )
         };
-        Grader { key, spec }
+        Ok(Grader { key, spec })
     }
 }
 
@@ -232,7 +256,7 @@ impl Suite {
                 entry,
                 path,
                 &SourceError::in_file(path, "").with_hint("in `defaultTest.options.provider`"),
-            )?))),
+            )?)?)),
             None => None,
         };
         let mut tests = Vec::new();
@@ -1000,7 +1024,7 @@ fn resolve_assertion(raw: &RawAssertion, path: &Path) -> Result<Assertion, Sourc
                 provider.clone(),
                 path,
                 &at,
-            )?)));
+            )?)?));
         } else {
             return Err(
                 with_message(&at, format!("`{}` takes no `provider`", raw.kind.value))
@@ -1125,7 +1149,7 @@ fn push_test(
             entry,
             path,
             &options_at,
-        )?))),
+        )?)?)),
         None => None,
     };
     let rubric_prompt = match &options.rubric_prompt {

@@ -251,12 +251,19 @@ pub(crate) fn build_graders(
     ctx: &ProviderContext,
     pull: bool,
 ) -> plumb_eval::judge::Graders {
-    let mut specs: Vec<(String, String, serde_json::Map<String, serde_json::Value>)> = suite
-        // `--grader` replaces the suite's default grader: no need to build that one.
-        .graders(cli_grader.is_none())
-        .into_iter()
-        .map(|(key, grader)| (key, grader.spec.id.clone(), grader.spec.options.clone()))
-        .collect();
+    // `--grader` replaces the suite's default grader: no need to build that one.
+    let suite_graders = suite.graders(cli_grader.is_none());
+    let mut specs: Vec<(String, String, serde_json::Map<String, serde_json::Value>)> =
+        suite_graders
+            .iter()
+            .map(|(key, grader)| {
+                (
+                    key.clone(),
+                    grader.spec.id.clone(),
+                    grader.spec.options.clone(),
+                )
+            })
+            .collect();
     if let Some(id) = cli_grader
         && !specs.iter().any(|(key, _, _)| key == id)
     {
@@ -266,6 +273,10 @@ pub(crate) fn build_graders(
         default: cli_grader
             .map(str::to_owned)
             .or_else(|| suite.default_grader.as_ref().map(|g| g.key.clone())),
+        params: suite_graders
+            .iter()
+            .map(|(key, grader)| (key.clone(), grader.spec.params.clone()))
+            .collect(),
         ..Default::default()
     };
     if !suite.has_judged() {

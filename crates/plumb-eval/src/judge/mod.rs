@@ -246,6 +246,9 @@ pub struct Graders {
     pub models: HashMap<String, Result<Arc<dyn ChatModel>, String>>,
     /// `--grader`, or `defaultTest.options.provider`: used where an assertion names none.
     pub default: Option<String>,
+    /// Sampling a grader's `config` sets (temperature, max_tokens, …): it wins over the
+    /// judges' defaults (temperature 0, room for the verdict).
+    pub params: HashMap<String, ModelParams>,
 }
 
 /// One case's view of the judges: the graders, the response cache, and the g-eval steps
@@ -623,7 +626,7 @@ impl JudgeContext {
         } = ask;
         let (schema, logprobs, max_tokens) = (schema.clone(), *logprobs, *max_tokens);
         let mut messages = prompt.render(vars)?;
-        let params = ModelParams {
+        let defaults = ModelParams {
             temperature: Some(*temperature),
             max_tokens: Some(max_tokens),
             response_format: Some(ResponseFormat::JsonSchema {
@@ -637,6 +640,11 @@ impl JudgeContext {
             top_logprobs: logprobs.then_some(20),
             ..ModelParams::default()
         };
+        let params = match self.graders.params.get(grader) {
+            Some(tuning) => defaults.merged_with(tuning),
+            None => defaults,
+        };
+        let max_tokens = params.max_tokens.unwrap_or(max_tokens);
         let mut info = JudgeInfo {
             model: grader.to_owned(),
             prompt_hash: hash_hex(format!("{}\n{schema}", prompt.hash_material()).as_bytes()),

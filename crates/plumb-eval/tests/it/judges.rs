@@ -810,3 +810,109 @@ tests:
     assert_eq!(infos.iter().sum::<u32>(), 2, "{infos:?}");
     assert!(out.summary.cells.iter().all(|c| c.position_bias == 1));
 }
+
+/// Records the parameters of every request; answers a passing binary verdict.
+#[derive(Default)]
+struct Capture {
+    seen: std::sync::Mutex<Vec<plumb_core::ModelParams>>,
+}
+
+impl ChatModel for Capture {
+    fn id(&self) -> &str {
+        "capture"
+    }
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, ModelError>> {
+        self.seen.lock().unwrap().push(request.params.clone());
+        Box::pin(async move {
+            Ok(ChatResponse {
+                content: r#"{"reason": "ok", "pass": true}"#.into(),
+                finish_reason: Some(FinishReason::Stop),
+                ..Default::default()
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_graders_sampling_config_reaches_its_calls_and_format_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("suite.yaml");
+    std::fs::write(&path, suite(&["{type: llm-rubric, value: fine}"])).unwrap();
+    let suite = Arc::new(Suite::load(&path).unwrap());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("p.db")).unwrap());
+    let capture = Arc::new(Capture::default());
+    let mut graders = Graders {
+        default: Some("judge".into()),
+        ..Graders::default()
+    };
+    graders
+        .models
+        .insert("judge".into(), Ok(capture.clone() as Arc<dyn ChatModel>));
+    graders.params.insert(
+        "judge".into(),
+        plumb_core::ModelParams {
+            temperature: Some(0.5),
+            max_tokens: Some(900),
+            seed: Some(3),
+            ..Default::default()
+        },
+    );
+    let outcome = plumb_eval::run(
+        suite,
+        plumb_eval::Backends {
+            models: vec![Arc::new(Fixed("x"))],
+            embedders: HashMap::new(),
+            graders,
+        },
+        store.clone(),
+        RunOptions {
+            concurrency: 1,
+            repeat: 1,
+            cache: CacheMode::Off,
+            max_cost: None,
+        },
+        None,
+        Arc::new(plumb_eval::Silent),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .unwrap();
+    let seen = capture.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].temperature, seen[0].max_tokens, seen[0].seed),
+        (Some(0.5), Some(900), Some(3))
+    );
+    assert!(
+        seen[0].response_format.is_some(),
+        "the verdict schema stays"
+    );
+    let run = store.find_run(&outcome.run_id).unwrap();
+    let mut stored = Vec::new();
+    store
+        .for_each_result(&run.id, &mut |record| {
+            stored.push(serde_json::from_str::<CaseResult>(&record.payload).unwrap());
+            Ok(())
+        })
+        .unwrap();
+    let info = stored[0].assertions[0].judge.as_ref().unwrap();
+    assert_eq!(
+        info.params.temperature,
+        Some(0.5),
+        "the score records what was asked"
+    );
+
+    std::fs::write(
+        &path,
+        "prompts: ['q']\nproviders: [fixed]\ndefaultTest:\n  options:\n    provider: {id: 'openai:gpt-4.1-mini', config: {response_format: {type: json_object}}}\ntests:\n  - assert: [{type: llm-rubric, value: x}]\n",
+    )
+    .unwrap();
+    let error = Suite::load(&path).unwrap_err().to_string();
+    assert!(
+        error.contains("`response_format` cannot be set on a grader"),
+        "{error}"
+    );
+}
