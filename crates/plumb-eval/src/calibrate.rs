@@ -164,13 +164,7 @@ pub fn load_labels(path: &Path, suite: &Suite) -> Result<Vec<LabelRow>, SourceEr
         SourceError::in_file(path, format!("cannot read the labels file: {error}"))
             .with_hint("a CSV with the columns test, criterion, output, label")
     })?;
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(false)
-        .from_reader(text.as_bytes());
-    let headers = reader
-        .headers()
-        .map_err(|error| SourceError::in_file(path, format!("invalid CSV header: {error}")))?
-        .clone();
+    let (mut reader, headers) = crate::suite::csv_reader(&text, path)?;
     let column = |name: &str| headers.iter().position(|h| h.trim() == name);
     for header in headers.iter() {
         if !["test", "criterion", "output", "label", "rater", "note"].contains(&header.trim()) {
@@ -195,11 +189,7 @@ pub fn load_labels(path: &Path, suite: &Suite) -> Result<Vec<LabelRow>, SourceEr
     let criterion_col = column("criterion");
     let mut rows = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|error| {
-            let mut source = SourceError::in_file(path, format!("bad CSV row: {error}"));
-            source.line = error.position().map(|p| p.line() as usize);
-            source.with_hint("quote fields that contain commas or line breaks")
-        })?;
+        let record = record.map_err(|error| crate::suite::csv_row_error(path, &error))?;
         let line = record.position().map(|p| p.line() as usize).unwrap_or(0);
         let at = |message: String| SourceError::in_file(path, message).at(line, 1);
         let test_ref = record.get(test_col).unwrap_or("").trim();

@@ -237,29 +237,16 @@ pub async fn plan(
     };
     let mut plan = Plan::default();
     let mut steps_seen = HashSet::new();
-    let repeat = options.repeat.max(1);
-    for provider_idx in 0..suite.providers.len() as u32 {
-        for prompt_idx in 0..suite.prompts.len() as u32 {
-            for test_idx in 0..suite.tests.len() as u32 {
-                for repeat_idx in 0..repeat {
-                    let key = CaseKey {
-                        prompt_idx,
-                        provider_idx,
-                        test_idx,
-                        repeat_idx,
-                    };
-                    let estimate = estimator.case(key, Some(&mut steps_seen)).await;
-                    plan.cases += 1;
-                    let label = format!("model {}", suite.providers[provider_idx as usize].label);
-                    plan.lines.entry(label).or_default().add(&estimate.model);
-                    for (grader, line) in &estimate.judges {
-                        plan.lines
-                            .entry(format!("judge {grader}"))
-                            .or_default()
-                            .add(line);
-                    }
-                }
-            }
+    for key in suite.case_keys(options.repeat) {
+        let estimate = estimator.case(key, Some(&mut steps_seen)).await;
+        plan.cases += 1;
+        let label = format!("model {}", suite.providers[key.provider_idx as usize].label);
+        plan.lines.entry(label).or_default().add(&estimate.model);
+        for (grader, line) in &estimate.judges {
+            plan.lines
+                .entry(format!("judge {grader}"))
+                .or_default()
+                .add(line);
         }
     }
     plan

@@ -411,87 +411,74 @@ pub async fn run(
         options: &options,
     };
 
-    // Provider-major order: a local model works through its cases without other providers'
-    // cases interleaving (and their caches stay warm).
-    'dispatch: for provider_idx in 0..n_providers {
-        for prompt_idx in 0..n_prompts {
-            for test_idx in 0..n_tests {
-                for repeat_idx in 0..repeat {
-                    let key = CaseKey {
-                        prompt_idx,
-                        provider_idx,
-                        test_idx,
-                        repeat_idx,
-                    };
-                    if done.contains(&key) {
-                        continue;
-                    }
-                    let permit = tokio::select! {
-                        permit = global.clone().acquire_owned() => permit.map_err(|e| RunError::Internal(e.to_string()))?,
-                        _ = wait_cancel(&cancel) => break 'dispatch,
-                    };
-                    if cancel.load(Ordering::Relaxed) {
-                        break 'dispatch;
-                    }
-                    // Reap finished tasks so the set does not grow with the case count.
-                    while tasks.try_join_next().is_some() {}
-                    let reserve = match options.max_cost {
-                        Some(limit) => {
-                            let estimate = estimator.case(key, None).await.cost();
-                            let mut budget = budget.lock().unwrap_or_else(|e| e.into_inner());
-                            if budget.spent + budget.reserved + estimate > limit + 1e-12 {
-                                budget_reached = true;
-                                break 'dispatch;
-                            }
-                            budget.reserved += estimate;
-                            estimate
-                        }
-                        None => 0.0,
-                    };
-                    let job = Job {
-                        suite: suite.clone(),
-                        model: models[provider_idx as usize].clone(),
-                        provider_gate: per_provider[provider_idx as usize].clone(),
-                        caller: Caller {
-                            store: store.clone(),
-                            cache: options.cache,
-                            repeat: (repeat > 1).then_some(repeat_idx),
-                        },
-                        embedders: embedders.clone(),
-                        key,
-                        graders: graders.clone(),
-                        steps: steps.clone(),
-                    };
-                    let sender = sender.clone();
-                    let fatal = fatal.clone();
-                    let cancel = cancel.clone();
-                    let budget = budget.clone();
-                    tasks.spawn(async move {
-                        let _permit = permit;
-                        let result = job.run().await;
-                        {
-                            let mut budget = budget.lock().unwrap_or_else(|e| e.into_inner());
-                            budget.reserved -= reserve;
-                            if let Ok(result) = &result {
-                                budget.spent += result.cost + result.judge_cost;
-                            }
-                        }
-                        match result {
-                            Ok(result) => {
-                                let _ = sender.send(result).await;
-                            }
-                            Err(error) => {
-                                cancel.store(true, Ordering::Relaxed);
-                                let mut slot = fatal.lock().await;
-                                if slot.is_none() {
-                                    *slot = Some(error);
-                                }
-                            }
-                        }
-                    });
+    // Provider-major (`Suite::case_keys`).
+    'dispatch: for key in suite.case_keys(repeat) {
+        if done.contains(&key) {
+            continue;
+        }
+        let permit = tokio::select! {
+            permit = global.clone().acquire_owned() => permit.map_err(|e| RunError::Internal(e.to_string()))?,
+            _ = wait_cancel(&cancel) => break 'dispatch,
+        };
+        if cancel.load(Ordering::Relaxed) {
+            break 'dispatch;
+        }
+        // Reap finished tasks so the set does not grow with the case count.
+        while tasks.try_join_next().is_some() {}
+        let reserve = match options.max_cost {
+            Some(limit) => {
+                let estimate = estimator.case(key, None).await.cost();
+                let mut budget = budget.lock().unwrap_or_else(|e| e.into_inner());
+                if budget.spent + budget.reserved + estimate > limit + 1e-12 {
+                    budget_reached = true;
+                    break 'dispatch;
+                }
+                budget.reserved += estimate;
+                estimate
+            }
+            None => 0.0,
+        };
+        let job = Job {
+            suite: suite.clone(),
+            model: models[key.provider_idx as usize].clone(),
+            provider_gate: per_provider[key.provider_idx as usize].clone(),
+            caller: Caller {
+                store: store.clone(),
+                cache: options.cache,
+                repeat: (repeat > 1).then_some(key.repeat_idx),
+            },
+            embedders: embedders.clone(),
+            key,
+            graders: graders.clone(),
+            steps: steps.clone(),
+        };
+        let sender = sender.clone();
+        let fatal = fatal.clone();
+        let cancel = cancel.clone();
+        let budget = budget.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let result = job.run().await;
+            {
+                let mut budget = budget.lock().unwrap_or_else(|e| e.into_inner());
+                budget.reserved -= reserve;
+                if let Ok(result) = &result {
+                    budget.spent += result.cost + result.judge_cost;
                 }
             }
-        }
+            match result {
+                Ok(result) => {
+                    let _ = sender.send(result).await;
+                }
+                Err(error) => {
+                    cancel.store(true, Ordering::Relaxed);
+                    let mut slot = fatal.lock().await;
+                    if slot.is_none() {
+                        *slot = Some(error);
+                    }
+                }
+            }
+        });
     }
     while tasks.join_next().await.is_some() {}
     drop(sender);

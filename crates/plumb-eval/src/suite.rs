@@ -410,6 +410,24 @@ impl Suite {
         graders
     }
 
+    /// Every case of a run with `repeat` repeats, provider-major (a local model works through
+    /// its cases without other providers' cases interleaving, and their caches stay warm).
+    pub fn case_keys(&self, repeat: u32) -> impl Iterator<Item = plumb_store::CaseKey> + '_ {
+        let (prompts, tests) = (self.prompts.len() as u32, self.tests.len() as u32);
+        (0..self.providers.len() as u32).flat_map(move |provider_idx| {
+            (0..prompts).flat_map(move |prompt_idx| {
+                (0..tests).flat_map(move |test_idx| {
+                    (0..repeat.max(1)).map(move |repeat_idx| plumb_store::CaseKey {
+                        prompt_idx,
+                        provider_idx,
+                        test_idx,
+                        repeat_idx,
+                    })
+                })
+            })
+        })
+    }
+
     /// Whether any test has a `select-best` assertion (judged after the cases, per test).
     pub fn has_select_best(&self) -> bool {
         self.tests.iter().any(|t| {
@@ -890,9 +908,11 @@ fn load_test_files(
     Ok(out)
 }
 
-/// promptfoo's CSV: one test per row; columns are vars, except `__expected`, `__expected1..N`
-/// (assertion shorthand), `__description`, `__metric` and `__threshold`.
-fn tests_from_csv(text: &str, path: &Path) -> Result<Vec<(RawTest, Vec<Assertion>)>, SourceError> {
+/// A strict CSV reader over `text` (every row as wide as the header) and its header.
+pub(crate) fn csv_reader<'a>(
+    text: &'a str,
+    path: &Path,
+) -> Result<(csv::Reader<&'a [u8]>, csv::StringRecord), SourceError> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(false)
         .from_reader(text.as_bytes());
@@ -900,6 +920,22 @@ fn tests_from_csv(text: &str, path: &Path) -> Result<Vec<(RawTest, Vec<Assertion
         .headers()
         .map_err(|error| SourceError::in_file(path, format!("invalid CSV header: {error}")))?
         .clone();
+    Ok((reader, headers))
+}
+
+/// A malformed CSV row, at its line.
+pub(crate) fn csv_row_error(path: &Path, error: &csv::Error) -> SourceError {
+    let mut source = SourceError::in_file(path, format!("bad CSV row: {error}"));
+    source.line = error.position().map(|p| p.line() as usize);
+    source.with_hint(
+        "every row needs as many fields as the header; quote fields that contain commas or line breaks",
+    )
+}
+
+/// promptfoo's CSV: one test per row; columns are vars, except `__expected`, `__expected1..N`
+/// (assertion shorthand), `__description`, `__metric` and `__threshold`.
+fn tests_from_csv(text: &str, path: &Path) -> Result<Vec<(RawTest, Vec<Assertion>)>, SourceError> {
+    let (mut reader, headers) = csv_reader(text, path)?;
     let known_special = ["__description", "__metric", "__threshold"];
     for header in headers.iter() {
         if header.starts_with("__")
@@ -912,14 +948,7 @@ fn tests_from_csv(text: &str, path: &Path) -> Result<Vec<(RawTest, Vec<Assertion
     }
     let mut tests = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|error| {
-            let line = error.position().map(|p| p.line() as usize);
-            let mut source = SourceError::in_file(path, format!("bad CSV row: {error}"));
-            source.line = line;
-            source.with_hint(
-                "every row needs as many fields as the header; quote fields that contain commas",
-            )
-        })?;
+        let record = record.map_err(|error| csv_row_error(path, &error))?;
         let line = record.position().map(|p| p.line() as usize).unwrap_or(0);
         let mut test = RawTest::default();
         let mut vars = IndexMap::new();

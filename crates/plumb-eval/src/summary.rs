@@ -66,6 +66,34 @@ pub struct Cell {
 }
 
 impl Cell {
+    /// A cell with nothing counted yet.
+    pub fn empty(prompt_idx: u32, provider_idx: u32, prompt: &str, provider: &str) -> Cell {
+        Cell {
+            prompt_idx,
+            provider_idx,
+            prompt: prompt.to_owned(),
+            provider: provider.to_owned(),
+            cases: 0,
+            passed: 0,
+            failed: 0,
+            unmeasured: 0,
+            pass_rate: None,
+            pass_rate_ci: (0.0, 1.0),
+            mean_score: 0.0,
+            mean_score_ci: (0.0, 0.0),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost: 0.0,
+            latency_p50_ms: 0.0,
+            latency_p95_ms: 0.0,
+            cached: 0,
+            metrics: IndexMap::new(),
+            flaky_tests: 0,
+            repeated_tests: 0,
+            position_bias: 0,
+        }
+    }
+
     pub fn flake_rate(&self) -> Option<f64> {
         (self.repeated_tests > 0).then(|| self.flaky_tests as f64 / self.repeated_tests as f64)
     }
@@ -221,30 +249,12 @@ pub fn summarize(store: &dyn Store, run: &RunRecord) -> Result<(Summary, Outcome
         let entry = cells
             .entry((result.prompt_idx, result.provider_idx))
             .or_insert_with(|| CellAccumulator {
-                cell: Cell {
-                    prompt_idx: result.prompt_idx,
-                    provider_idx: result.provider_idx,
-                    prompt: result.prompt.clone(),
-                    provider: result.provider.clone(),
-                    cases: 0,
-                    passed: 0,
-                    failed: 0,
-                    unmeasured: 0,
-                    pass_rate: None,
-                    pass_rate_ci: (0.0, 1.0),
-                    mean_score: 0.0,
-                    mean_score_ci: (0.0, 0.0),
-                    prompt_tokens: 0,
-                    completion_tokens: 0,
-                    cost: 0.0,
-                    latency_p50_ms: 0.0,
-                    latency_p95_ms: 0.0,
-                    cached: 0,
-                    metrics: IndexMap::new(),
-                    flaky_tests: 0,
-                    repeated_tests: 0,
-                    position_bias: 0,
-                },
+                cell: Cell::empty(
+                    result.prompt_idx,
+                    result.provider_idx,
+                    &result.prompt,
+                    &result.provider,
+                ),
                 latencies: Vec::new(),
                 scores: Vec::new(),
                 metric_sums: IndexMap::new(),
@@ -685,30 +695,7 @@ mod tests {
     use super::*;
 
     fn cell(prompt_idx: u32) -> Cell {
-        Cell {
-            prompt_idx,
-            provider_idx: 0,
-            prompt: format!("p{prompt_idx}"),
-            provider: "m".into(),
-            cases: 0,
-            passed: 0,
-            failed: 0,
-            unmeasured: 0,
-            pass_rate: None,
-            pass_rate_ci: (0.0, 1.0),
-            mean_score: 0.0,
-            mean_score_ci: (0.0, 0.0),
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cost: 0.0,
-            latency_p50_ms: 0.0,
-            latency_p95_ms: 0.0,
-            cached: 0,
-            metrics: IndexMap::new(),
-            flaky_tests: 0,
-            repeated_tests: 0,
-            position_bias: 0,
-        }
+        Cell::empty(prompt_idx, 0, &format!("p{prompt_idx}"), "m")
     }
 
     fn outcome(score: f64, metrics: &[(&str, f64)]) -> CaseOutcome {

@@ -562,19 +562,7 @@ impl JudgeContext {
                 )]);
                 let prompt = prompt(GEVAL_STEPS_SYSTEM, GEVAL_STEPS_USER);
                 let (answer, info) = self.ask(model, grader, &prompt, &vars, schema).await?;
-                let steps: Vec<String> = answer
-                    .get("steps")
-                    .and_then(Value::as_array)
-                    .map(|items| {
-                        items
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let steps = text_list(&answer, "steps");
                 if steps.is_empty() {
                     return Err("the judge wrote no evaluation steps".to_owned());
                 }
@@ -780,6 +768,23 @@ fn text_field(answer: &Value, name: &str) -> String {
         .unwrap_or("")
         .trim()
         .to_owned()
+}
+
+/// The non-empty strings of the list `name`, trimmed.
+fn text_list(answer: &Value, name: &str) -> Vec<String> {
+    answer
+        .get(name)
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn number_field(answer: &Value, name: &str) -> Result<f64, String> {

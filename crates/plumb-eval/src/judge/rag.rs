@@ -195,20 +195,7 @@ impl JudgeContext {
             ..Ask::new(&prompt, &vars, schema)
         };
         let (answer, info, _) = self.ask_with(model, grader, &ask).await?;
-        let statements = answer
-            .get("statements")
-            .and_then(Value::as_array)
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok((statements, info))
+        Ok((super::text_list(&answer, "statements"), info))
     }
 
     async fn answer_relevance(

@@ -123,10 +123,6 @@ async fn run_suite_with(
     embedders: HashMap<String, Arc<dyn Embedder>>,
     model: Option<Arc<dyn ChatModel>>,
 ) -> Outcome {
-    let path = dir.join("suite.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let suite = Arc::new(Suite::load(&path).unwrap());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("p.db")).unwrap());
     let mut graders = Graders {
         default: Some("judge".into()),
         ..Graders::default()
@@ -139,6 +135,21 @@ async fn run_suite_with(
     graders
         .models
         .insert("broken".into(), Err("unknown provider `broken`".into()));
+    run_with_graders(dir, yaml, graders, cache, embedders, model).await
+}
+
+async fn run_with_graders(
+    dir: &std::path::Path,
+    yaml: &str,
+    graders: Graders,
+    cache: CacheMode,
+    embedders: HashMap<String, Arc<dyn Embedder>>,
+    model: Option<Arc<dyn ChatModel>>,
+) -> Outcome {
+    let path = dir.join("suite.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let suite = Arc::new(Suite::load(&path).unwrap());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("p.db")).unwrap());
     let outcome = plumb_eval::run(
         suite,
         plumb_eval::Backends {
@@ -839,10 +850,6 @@ impl ChatModel for Capture {
 #[tokio::test]
 async fn a_graders_sampling_config_reaches_its_calls_and_format_settings_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("suite.yaml");
-    std::fs::write(&path, suite(&["{type: llm-rubric, value: fine}"])).unwrap();
-    let suite = Arc::new(Suite::load(&path).unwrap());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("p.db")).unwrap());
     let capture = Arc::new(Capture::default());
     let mut graders = Graders {
         default: Some("judge".into()),
@@ -860,26 +867,16 @@ async fn a_graders_sampling_config_reaches_its_calls_and_format_settings_are_ref
             ..Default::default()
         },
     );
-    let outcome = plumb_eval::run(
-        suite,
-        plumb_eval::Backends {
-            models: vec![Arc::new(Fixed("x"))],
-            embedders: HashMap::new(),
-            graders,
-        },
-        store.clone(),
-        RunOptions {
-            concurrency: 1,
-            repeat: 1,
-            cache: CacheMode::Off,
-            max_cost: None,
-        },
+    let yaml = suite(&["{type: llm-rubric, value: fine}"]);
+    let out = run_with_graders(
+        dir.path(),
+        &yaml,
+        graders,
+        CacheMode::Off,
+        HashMap::new(),
         None,
-        Arc::new(plumb_eval::Silent),
-        Arc::new(AtomicBool::new(false)),
     )
-    .await
-    .unwrap();
+    .await;
     let seen = capture.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert_eq!(
@@ -890,21 +887,14 @@ async fn a_graders_sampling_config_reaches_its_calls_and_format_settings_are_ref
         seen[0].response_format.is_some(),
         "the verdict schema stays"
     );
-    let run = store.find_run(&outcome.run_id).unwrap();
-    let mut stored = Vec::new();
-    store
-        .for_each_result(&run.id, &mut |record| {
-            stored.push(serde_json::from_str::<CaseResult>(&record.payload).unwrap());
-            Ok(())
-        })
-        .unwrap();
-    let info = stored[0].assertions[0].judge.as_ref().unwrap();
+    let info = out.results[0].assertions[0].judge.as_ref().unwrap();
     assert_eq!(
         info.params.temperature,
         Some(0.5),
         "the score records what was asked"
     );
 
+    let path = dir.path().join("suite.yaml");
     std::fs::write(
         &path,
         "prompts: ['q']\nproviders: [fixed]\ndefaultTest:\n  options:\n    provider: {id: 'openai:gpt-4.1-mini', config: {response_format: {type: json_object}}}\ntests:\n  - assert: [{type: llm-rubric, value: x}]\n",
