@@ -80,6 +80,9 @@ pub(crate) struct CaseEstimate {
     pub model: Line,
     /// By grader key.
     pub judges: Vec<(String, Line)>,
+    /// The part of `judges` that the test's `select-best` comparisons cost (spent after the
+    /// cases, so `--max-cost` checks it again then).
+    pub select_best: f64,
 }
 
 impl CaseEstimate {
@@ -172,6 +175,7 @@ impl Estimator<'_> {
                 let prompt = JUDGE_PROMPT_TOKENS
                     + grader.count_tokens(&reads_text(assertion, &test.vars))
                     + outputs * output_tokens;
+                estimate.select_best += 2.0 * cost(grader.pricing(), prompt, VERDICT_TOKENS);
                 estimate.judges.push((
                     grader_key,
                     Line {

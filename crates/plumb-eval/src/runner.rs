@@ -157,6 +157,8 @@ pub struct SelectBestStats {
     pub comparisons: u64,
     /// Comparisons whose two orders picked different outputs: left unmeasured.
     pub position_bias: u64,
+    /// What the comparisons cost (USD).
+    pub cost: f64,
 }
 
 /// `--max-cost`: what has been spent, and what the cases in flight may still spend.
@@ -488,7 +490,34 @@ pub async fn run(
 
     let fatal = fatal.lock().await.take();
     let mut select_best = SelectBestStats::default();
-    if fatal.is_none() && !cancel.load(Ordering::Relaxed) && suite.has_select_best() {
+    if fatal.is_none()
+        && !cancel.load(Ordering::Relaxed)
+        && !budget_reached
+        && suite.has_select_best()
+    {
+        // The comparisons are spent now: with a budget, they must fit in what is left.
+        if let Some(limit) = options.max_cost {
+            let mut needed = 0.0;
+            for test_idx in 0..suite.tests.len() as u32 {
+                for repeat_idx in 0..repeat {
+                    let key = CaseKey {
+                        prompt_idx: 0,
+                        provider_idx: 0,
+                        test_idx,
+                        repeat_idx,
+                    };
+                    needed += estimator.case(key, None).await.select_best;
+                }
+            }
+            let spent = budget.lock().unwrap_or_else(|e| e.into_inner()).spent + select_best.cost;
+            budget_reached = spent + needed > limit + 1e-12;
+        }
+    }
+    if fatal.is_none()
+        && !cancel.load(Ordering::Relaxed)
+        && !budget_reached
+        && suite.has_select_best()
+    {
         let judges = SelectBestPass {
             suite: &suite,
             run_id: &run_id,
@@ -505,7 +534,7 @@ pub async fn run(
         (None, true) => RunStatus::Interrupted,
         (None, false) => RunStatus::Completed,
     };
-    let spent = budget.lock().unwrap_or_else(|e| e.into_inner()).spent;
+    let spent = budget.lock().unwrap_or_else(|e| e.into_inner()).spent + select_best.cost;
     store.finish_run(&run_id, status, "{}")?;
     if let Some(error) = fatal {
         return Err(error);
@@ -831,6 +860,7 @@ impl SelectBestPass<'_> {
                                 }
                             };
                             result.judge_cost += judge.cost;
+                            stats.cost += judge.cost;
                             let chosen = pick.winner == member;
                             let reason = if chosen {
                                 format!(

@@ -497,6 +497,7 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
     let mut untrusted = Vec::new();
     if let (Some(config), Some((graders, embedders))) = (&suite.calibration, calibration_backends)
         && let Some(min_kappa) = config.min_kappa
+        && !outcome.budget_reached
     {
         let calibrator = plumb_eval::calibrate::Calibrator {
             graders: Arc::new(graders),

@@ -872,3 +872,41 @@ fn calibrating_the_example_judges_reports_kappa_per_criterion_and_gates_on_it() 
     );
     assert!(err.contains("`polite`"), "{err}");
 }
+
+#[test]
+fn max_cost_also_covers_the_select_best_comparisons() {
+    let project = Project::new();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/judged");
+    let suite = std::fs::read_to_string(example.join("pairwise.yaml"))
+        .unwrap()
+        .replace(
+            "provider: mock:rules:pairwise-rules.yaml",
+            "provider: {id: 'mock:rules:pairwise-rules.yaml', config: {input_cost_per_mtok: 1000000}}",
+        );
+    project.write("pairwise.yaml", &suite);
+    project.write(
+        "pairwise-rules.yaml",
+        &std::fs::read_to_string(example.join("pairwise-rules.yaml")).unwrap(),
+    );
+    // The replies cost nothing; the comparisons ($1 a prompt token) do not fit in $50.
+    let output = project.plumb(&["eval", "pairwise.yaml", "--no-progress", "--max-cost", "50"]);
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(err.contains("stopped at the budget"), "{err}");
+    assert!(
+        !err.contains("comparisons asked"),
+        "no comparison was bought: {err}"
+    );
+    let output = project.plumb(&[
+        "eval",
+        "pairwise.yaml",
+        "--no-progress",
+        "--max-cost",
+        "1000000",
+    ]);
+    assert!(
+        stderr(&output).contains("2 comparisons asked"),
+        "{}",
+        stderr(&output)
+    );
+}
