@@ -151,7 +151,7 @@ Answer with one JSON object and nothing else.";
 const RUBRIC_USER_BINARY: &str = "<output>\n{{ output }}\n</output>\n\n<rubric>\n{{ rubric }}\n</rubric>\n\n\
 Reply with {\"reason\": \"<one or two sentences that cite the output>\", \"pass\": <true if the output meets the rubric, else false>}.";
 const RUBRIC_USER_GRADED: &str = "<output>\n{{ output }}\n</output>\n\n<rubric>\n{{ rubric }}\n</rubric>\n\n\
-Reply with {\"reason\": \"<one or two sentences that cite the output>\", \"score\": <a number from 0 (fails the rubric entirely) to 1 (meets it fully)>}.";
+Reply with {\"reason\": \"<one or two sentences that cite the output>\", \"score\": <a number from 0 (fails the rubric entirely) to 1 (meets it fully), in steps of 0.05>}.";
 
 const CLOSEDQA_SYSTEM: &str = "You check whether a submitted answer meets a criterion. \
 Reason step by step first, then answer Y if the submission meets the criterion and N if it does not. \
@@ -374,10 +374,7 @@ impl JudgeContext {
             T::LlmRubric if graded => (
                 "rubric",
                 (RUBRIC_SYSTEM, RUBRIC_USER_GRADED),
-                (
-                    "score",
-                    json!({"type": "number", "minimum": 0, "maximum": 1}),
-                ),
+                ("score", unit_score_schema()),
             ),
             T::LlmRubric => (
                 "rubric",
@@ -735,6 +732,16 @@ pub(crate) fn collect_judged<'a>(asserts: &'a [Assertion], into: &mut Vec<&'a As
     }
 }
 
+/// A score in [0, 1] in steps of 0.05, as an enum: a grammar enforces an enum where it cannot
+/// enforce a number's range (llama.cpp bounds integers, not numbers), so a local judge cannot
+/// answer 1.5.
+fn unit_score_schema() -> Value {
+    let values: Vec<Value> = (0..=20)
+        .map(|step| json!((f64::from(step) * 5.0).round() / 100.0))
+        .collect();
+    json!({ "enum": values })
+}
+
 fn reason_schema() -> Value {
     json!({"type": "string", "maxLength": REASON_CHARS})
 }
@@ -868,6 +875,17 @@ mod tests {
         assert_eq!(listed.variables().unwrap(), vec!["x"]);
         assert!(JudgePrompt::parse(&json!([{"role": "judge", "content": "x"}])).is_err());
         assert!(JudgePrompt::parse(&json!(3)).is_err());
+    }
+
+    #[test]
+    fn graded_scores_are_an_enum_a_grammar_can_enforce() {
+        let schema = unit_score_schema();
+        let values = schema["enum"].as_array().unwrap();
+        assert_eq!(values.len(), 21);
+        assert_eq!(values[11], json!(0.55));
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        assert!(validator.is_valid(&json!(0.55)) && validator.is_valid(&json!(1)));
+        assert!(!validator.is_valid(&json!(1.5)) && !validator.is_valid(&json!(0.33)));
     }
 
     #[test]
