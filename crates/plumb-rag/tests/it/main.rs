@@ -1,11 +1,9 @@
 //! Chunker fixtures: input documents and the chunks they must give (golden files under
 //! `tests/fixtures`; `PLUMB_UPDATE_FIXTURES=1` rewrites them after a deliberate change).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    reason = "tests fail by panicking"
-)]
+#![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail by panicking")]
+
+mod documents;
 
 use std::path::{Path, PathBuf};
 
