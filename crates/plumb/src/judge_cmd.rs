@@ -27,7 +27,7 @@ pub struct CalibrateArgs {
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
     /// Judgements per labeled output, for the flip rate [default: `calibration.repeats`, else 3]
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     pub repeats: Option<u32>,
     /// Exit 1 when any criterion's κ is below this [default: `calibration.minKappa`]
     #[arg(long, value_name = "KAPPA", allow_negative_numbers = true)]
