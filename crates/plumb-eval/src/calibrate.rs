@@ -355,12 +355,11 @@ impl Calibrator {
                     // `not-` assertions pass when the judge says the rubric is not met.
                     verdicts.push(judgement.map(|v| (v.pass != assertion.negate, v.reason)));
                 }
-                let grader = assertion
-                    .grader
-                    .as_ref()
-                    .map(|g| g.key.clone())
-                    .or_else(|| self.graders.default.clone())
-                    .unwrap_or_else(|| "(none)".into());
+                let grader = self
+                    .graders
+                    .key_for(assertion)
+                    .unwrap_or("(none)")
+                    .to_owned();
                 (grader, verdicts)
             }
         });

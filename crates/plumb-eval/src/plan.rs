@@ -103,13 +103,9 @@ pub(crate) struct Estimator<'a> {
 impl Estimator<'_> {
     /// The assertion's grader (its own, else the run's default), when it could be built.
     fn grader(&self, assertion: &Assertion) -> Option<(String, Arc<dyn ChatModel>)> {
-        let key = assertion
-            .grader
-            .as_ref()
-            .map(|g| g.key.clone())
-            .or_else(|| self.graders.default.clone())?;
-        match self.graders.models.get(&key) {
-            Some(Ok(grader)) => Some((key, grader.clone())),
+        let key = self.graders.key_for(assertion)?;
+        match self.graders.models.get(key) {
+            Some(Ok(grader)) => Some((key.to_owned(), grader.clone())),
             _ => None,
         }
     }

@@ -103,18 +103,17 @@ pub fn std_dev(values: &[f64]) -> f64 {
 /// scores, or paired differences), with `iterations` resamples drawn from a seeded generator so
 /// reports are reproducible.
 pub fn bootstrap_mean(values: &[f64], iterations: usize, seed: u64) -> (f64, f64, f64) {
-    let differences = values;
-    let observed = mean(differences);
-    if differences.len() < 2 {
+    let observed = mean(values);
+    if values.len() < 2 {
         return (observed, observed, observed);
     }
     let mut rng = fastrand::Rng::with_seed(seed);
-    let n = differences.len();
+    let n = values.len();
     let mut means = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let mut sum = 0.0;
         for _ in 0..n {
-            sum += differences[rng.usize(..n)];
+            sum += values[rng.usize(..n)];
         }
         means.push(sum / n as f64);
     }

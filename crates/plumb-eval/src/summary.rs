@@ -18,6 +18,15 @@ use crate::suite::Thresholds;
 const WORST_FAILURES: usize = 10;
 const BOOTSTRAP_ITERATIONS: usize = 2000;
 const PERMUTATION_ITERATIONS: usize = 10_000;
+/// Resampling costs iterations × cases; past this many draws a summary uses fewer iterations
+/// (at least `MIN_RESAMPLES`), so a 100k-case run is not summarized for seconds.
+const RESAMPLING_WORK: usize = 20_000_000;
+const MIN_RESAMPLES: usize = 500;
+
+/// Iterations for resampling `n` values, within `RESAMPLING_WORK`.
+fn resamples(most: usize, n: usize) -> usize {
+    (RESAMPLING_WORK / n.max(1)).clamp(MIN_RESAMPLES, most)
+}
 pub const ALPHA: f64 = 0.05;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -356,8 +365,11 @@ pub fn summarize(store: &dyn Store, run: &RunRecord) -> Result<(Summary, Outcome
             if measured > 0 {
                 cell.pass_rate = Some(cell.passed as f64 / measured as f64);
                 cell.pass_rate_ci = stats::wilson(cell.passed, measured, stats::Z95);
-                let (mean, low, high) =
-                    stats::bootstrap_mean(&entry.scores, BOOTSTRAP_ITERATIONS, 0x5eed);
+                let (mean, low, high) = stats::bootstrap_mean(
+                    &entry.scores,
+                    resamples(BOOTSTRAP_ITERATIONS, entry.scores.len()),
+                    0x5eed,
+                );
                 cell.mean_score = mean;
                 cell.mean_score_ci = (low, high);
             }
@@ -493,15 +505,26 @@ pub fn compare_cells(
         }
     }
     comparison.mcnemar_p = stats::mcnemar_exact(comparison.a_only, comparison.b_only);
-    let (diff, low, high) = stats::bootstrap_mean(&differences, BOOTSTRAP_ITERATIONS, 0x5eed);
+    let (diff, low, high) = stats::bootstrap_mean(
+        &differences,
+        resamples(BOOTSTRAP_ITERATIONS, differences.len()),
+        0x5eed,
+    );
     comparison.score_diff = diff;
     comparison.score_diff_ci = (low, high);
-    comparison.score_p = stats::paired_permutation(&differences, PERMUTATION_ITERATIONS, 0x5eed);
+    comparison.score_p = stats::paired_permutation(
+        &differences,
+        resamples(PERMUTATION_ITERATIONS, differences.len()),
+        0x5eed,
+    );
     if comparison.pairs > 0 {
         let n = comparison.pairs;
         let discordant = (comparison.a_only + comparison.b_only) as f64 / n as f64;
-        let (rate_diff, rate_low, rate_high) =
-            stats::bootstrap_mean(&pass_differences, BOOTSTRAP_ITERATIONS, 0x5eed);
+        let (rate_diff, rate_low, rate_high) = stats::bootstrap_mean(
+            &pass_differences,
+            resamples(BOOTSTRAP_ITERATIONS, pass_differences.len()),
+            0x5eed,
+        );
         comparison.measures.push(Measure {
             name: "pass rate".into(),
             diff: rate_diff,
@@ -514,14 +537,22 @@ pub fn compare_cells(
             cases_needed: stats::mcnemar_cases_needed(rate_diff, discordant),
         });
         let permutation = |name: String, values: &[f64]| {
-            let (diff, low, high) = stats::bootstrap_mean(values, BOOTSTRAP_ITERATIONS, 0x5eed);
+            let (diff, low, high) = stats::bootstrap_mean(
+                values,
+                resamples(BOOTSTRAP_ITERATIONS, values.len()),
+                0x5eed,
+            );
             let sd = stats::std_dev(values);
             Measure {
                 name,
                 diff,
                 ci: (low, high),
                 test: "paired permutation".into(),
-                p: stats::paired_permutation(values, PERMUTATION_ITERATIONS, 0x5eed),
+                p: stats::paired_permutation(
+                    values,
+                    resamples(PERMUTATION_ITERATIONS, values.len()),
+                    0x5eed,
+                ),
                 p_adjusted: 1.0,
                 significant: false,
                 detectable: stats::mean_mde(values.len() as u64, sd).filter(|d| *d > 0.0),
@@ -678,11 +709,10 @@ pub fn compare_runs(
 /// A comparison where the newer side (B) is significantly worse on any measure (pass rate,
 /// mean score or a named metric, after Holm's correction).
 pub fn is_regression(comparison: &Comparison) -> bool {
-    (comparison.significant && comparison.a_only > comparison.b_only)
-        || comparison
-            .measures
-            .iter()
-            .any(|m| m.significant && m.diff < 0.0)
+    comparison
+        .measures
+        .iter()
+        .any(|m| m.significant && m.diff < 0.0)
 }
 
 pub fn short_id(id: &str) -> &str {

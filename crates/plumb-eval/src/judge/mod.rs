@@ -251,6 +251,17 @@ pub struct Graders {
     pub params: HashMap<String, ModelParams>,
 }
 
+impl Graders {
+    /// The key of `assertion`'s grader: its own, else the run's default.
+    pub fn key_for<'a>(&'a self, assertion: &'a Assertion) -> Option<&'a str> {
+        assertion
+            .grader
+            .as_ref()
+            .map(|grader| grader.key.as_str())
+            .or(self.default.as_deref())
+    }
+}
+
 /// One case's view of the judges: the graders, the response cache, and the g-eval steps
 /// generated so far (once per grader and criterion for the whole run).
 pub struct JudgeContext {
@@ -329,19 +340,14 @@ impl JudgeContext {
         &'a self,
         assertion: &'a Assertion,
     ) -> Result<(&'a str, Arc<dyn ChatModel>), String> {
-        let grader = assertion
-            .grader
-            .as_ref()
-            .map(|grader| grader.key.as_str())
-            .or(self.graders.default.as_deref())
-            .ok_or_else(|| {
-                format!(
-                    "`{}` has no grader: name one with `provider:` on the assertion, \
+        let grader = self.graders.key_for(assertion).ok_or_else(|| {
+            format!(
+                "`{}` has no grader: name one with `provider:` on the assertion, \
                      `defaultTest.options.provider`, or `plumb eval --grader <provider>` \
                      (e.g. local:smollm2-135m or openai:gpt-4.1-mini)",
-                    assertion.label
-                )
-            })?;
+                assertion.label
+            )
+        })?;
         match self.graders.models.get(grader) {
             Some(Ok(model)) => Ok((grader, model.clone())),
             Some(Err(error)) => Err(format!("grader `{grader}`: {error}")),
@@ -518,9 +524,6 @@ impl JudgeContext {
                 score,
                 text_field(&answer, "reason")
             ));
-            total.model = info.model;
-            total.params = info.params;
-            total.prompt_hash = info.prompt_hash;
         }
         let score = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
         Ok(Verdict {
@@ -710,7 +713,14 @@ impl JudgeContext {
     }
 }
 
+/// Adds what `part` cost to `total`; a part that made calls also names the judge (model,
+/// parameters, prompt hash): the last one asked stands for the verdict.
 fn add_info(total: &mut JudgeInfo, part: &JudgeInfo) {
+    if part.calls > 0 {
+        total.model = part.model.clone();
+        total.params = part.params.clone();
+        total.prompt_hash = part.prompt_hash.clone();
+    }
     total.calls += part.calls;
     total.usage.prompt_tokens += part.usage.prompt_tokens;
     total.usage.completion_tokens += part.usage.completion_tokens;

@@ -171,7 +171,7 @@ impl JudgeContext {
         if !unsupported.is_empty() {
             reason.push_str(&format!("; not supported: {}", quoted(&unsupported)));
         }
-        Ok((score, reason, take_identity(total, info)))
+        Ok((score, reason, total))
     }
 
     async fn statements(
@@ -230,13 +230,11 @@ impl JudgeContext {
         let mut total = JudgeInfo::default();
         let mut questions = Vec::new();
         let mut noncommittal = 0;
-        let mut identity = JudgeInfo::default();
         for answer in answers {
             let (answer, info, _) = answer?;
             add_info(&mut total, &info);
             questions.push(text_field(&answer, "question"));
             noncommittal += usize::from(answer.get("noncommittal") == Some(&Value::Bool(true)));
-            identity = info;
         }
         let embedder_id = assertion.embedder();
         let embedder = self
@@ -279,7 +277,7 @@ impl JudgeContext {
         } else if noncommittal > 0 {
             reason.push_str(&format!("; {noncommittal} found it noncommittal"));
         }
-        Ok((score, reason, take_identity(total, identity)))
+        Ok((score, reason, total))
     }
 
     async fn precision(
@@ -312,13 +310,11 @@ impl JudgeContext {
         )
         .await;
         let mut total = JudgeInfo::default();
-        let mut identity = JudgeInfo::default();
         let mut useful = Vec::new();
         for answer in answers {
             let (answer, info) = answer?;
             add_info(&mut total, &info);
             useful.push(answer.get("useful") == Some(&Value::Bool(true)));
-            identity = info;
         }
         let score = average_precision(&useful);
         let ranks: Vec<String> = useful
@@ -337,7 +333,7 @@ impl JudgeContext {
                 format!(" (ranks {})", ranks.join(", "))
             }
         );
-        Ok((score, reason, take_identity(total, identity)))
+        Ok((score, reason, total))
     }
 
     async fn recall(
@@ -490,17 +486,6 @@ fn quoted(items: &[&str]) -> String {
         .map(|item| format!("“{item}”"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The summed cost of several questions under the identity (model, params, prompt hash) of
-/// the last.
-fn take_identity(total: JudgeInfo, last: JudgeInfo) -> JudgeInfo {
-    JudgeInfo {
-        model: last.model,
-        prompt_hash: last.prompt_hash,
-        params: last.params,
-        ..total
-    }
 }
 
 #[cfg(test)]

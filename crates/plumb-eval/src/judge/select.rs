@@ -76,9 +76,6 @@ impl JudgeContext {
         for (answer, order) in answers.into_iter().zip(&orders) {
             let (answer, info) = answer?;
             add_info(&mut judge, &info);
-            judge.model = info.model;
-            judge.params = info.params;
-            judge.prompt_hash = info.prompt_hash;
             let position = answer
                 .get("best")
                 .and_then(Value::as_u64)
