@@ -26,6 +26,26 @@ pub enum Format {
 }
 
 impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Markdown => "markdown",
+            Format::Html => "html",
+            Format::Pdf => "pdf",
+            Format::Text => "text",
+        }
+    }
+
+    /// `markdown` (or `md`), `html`, `pdf`, `text` (or `txt`).
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name {
+            "markdown" | "md" => Some(Format::Markdown),
+            "html" => Some(Format::Html),
+            "pdf" => Some(Format::Pdf),
+            "text" | "txt" => Some(Format::Text),
+            _ => None,
+        }
+    }
+
     /// Whether the document's text is Markdown (chunking follows its headings).
     pub fn is_markdown(self) -> bool {
         matches!(self, Format::Markdown | Format::Html)

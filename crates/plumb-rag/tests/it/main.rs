@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, reason = "tests fail by panicking")]
 
+mod collection;
 mod documents;
 
 use std::path::{Path, PathBuf};
