@@ -48,9 +48,10 @@ pub enum AssertionType {
     ContextPrecision,
     ContextRecall,
     SelectBest,
+    Citations,
 }
 
-const SUPPORTED: [(&str, AssertionType); 31] = [
+const SUPPORTED: [(&str, AssertionType); 32] = [
     ("equals", AssertionType::Equals),
     ("contains", AssertionType::Contains),
     ("icontains", AssertionType::Icontains),
@@ -85,6 +86,7 @@ const SUPPORTED: [(&str, AssertionType); 31] = [
     ("context-precision", AssertionType::ContextPrecision),
     ("context-recall", AssertionType::ContextRecall),
     ("select-best", AssertionType::SelectBest),
+    ("citations", AssertionType::Citations),
 ];
 
 /// promptfoo types plumb knows of but does not run yet: named so the error says "not supported"
@@ -403,6 +405,21 @@ impl Assertion {
                     ));
                 }
             }
+            T::Citations => match &self.value {
+                None => {}
+                Some(Value::Object(options))
+                    if options.iter().all(|(key, value)| match key.as_str() {
+                        "min" => value.as_u64().is_some(),
+                        "support" => value.as_f64().is_some_and(|s| (0.0..=1.0).contains(&s)),
+                        _ => false,
+                    }) => {}
+                Some(_) => {
+                    return Err((
+                        format!("`{label}`: `value` is optional: {{min: N, support: 0..1}}"),
+                        Some("min: citations the answer must make (default 1); support: share of a cited sentence's words its chunks must hold (default 0.5, 0 to skip)".into()),
+                    ));
+                }
+            },
             T::AssertSet => {
                 if self.children.is_empty() {
                     return Err(("`assert-set` needs a non-empty `assert` list".into(), None));
@@ -776,6 +793,7 @@ impl Assertion {
                     format!("{name} {score:.3} {relation} threshold {threshold}"),
                 ))
             }
+            T::Citations => citations(text, self.value.as_ref(), vars),
             T::WordCount => {
                 let count = text.split_whitespace().count();
                 match self.rendered_value(vars)? {
@@ -1177,6 +1195,151 @@ pub(crate) fn located(error: (String, Option<String>), base: SourceError) -> Sou
     out
 }
 
+/// `citations`: the answer cites at least `min` retrieved chunks, cites none that was not
+/// retrieved, and each sentence with citations is supported by its chunks (at least `support`
+/// of its content words occur in them). Score: the share of cited sentences supported.
+fn citations(
+    text: &str,
+    value: Option<&Value>,
+    vars: &Map<String, Value>,
+) -> Result<(bool, f64, String), String> {
+    use plumb_rag::evidence;
+    let min = value
+        .and_then(|v| v.get("min"))
+        .and_then(Value::as_u64)
+        .unwrap_or(1) as usize;
+    let support = value
+        .and_then(|v| v.get("support"))
+        .and_then(Value::as_f64)
+        .unwrap_or(0.5);
+    let chunks: Vec<String> = match vars.get("retrieved").or_else(|| vars.get("contexts")) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item.get("text") {
+                Some(text) => value_text(text),
+                None => value_text(item),
+            })
+            .collect(),
+        _ => {
+            return Err(
+                "`citations` needs retrieved chunks: give the test a `context:` retrieval step (or a `contexts` list)"
+                    .into(),
+            );
+        }
+    };
+    let cited = evidence::citations(text);
+    let unknown: Vec<usize> = cited
+        .iter()
+        .copied()
+        .filter(|n| *n == 0 || *n > chunks.len())
+        .collect();
+    if !unknown.is_empty() {
+        return Ok((
+            false,
+            0.0,
+            format!(
+                "cites {} but only [1]..[{}] were retrieved",
+                unknown
+                    .iter()
+                    .map(|n| format!("[{n}]"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                chunks.len()
+            ),
+        ));
+    }
+    if cited.len() < min {
+        return Ok((
+            false,
+            0.0,
+            format!("cites {} of the retrieved chunks, needs {min}", cited.len()),
+        ));
+    }
+    let mut sentences = 0usize;
+    let mut unsupported = Vec::new();
+    for sentence in split_sentences(text) {
+        let numbers = evidence::citations(sentence);
+        if numbers.is_empty() {
+            continue;
+        }
+        sentences += 1;
+        let passages: String = numbers
+            .iter()
+            .map(|n| chunks[n - 1].as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let share = evidence::answer_support(sentence, &passages);
+        if share < support {
+            unsupported.push(format!(
+                "\"{}\" ({:.0}%)",
+                excerpt(sentence.trim()),
+                share * 100.0
+            ));
+        }
+    }
+    let score = if sentences == 0 {
+        1.0
+    } else {
+        (sentences - unsupported.len()) as f64 / sentences as f64
+    };
+    if unsupported.is_empty() {
+        Ok((
+            true,
+            score,
+            format!(
+                "cites {} retrieved chunk(s); {sentences} cited sentence(s) supported",
+                cited.len()
+            ),
+        ))
+    } else {
+        Ok((
+            false,
+            score,
+            format!(
+                "{} of {sentences} cited sentences not supported by their chunks: {}",
+                unsupported.len(),
+                unsupported.join("; ")
+            ),
+        ))
+    }
+}
+
+/// Sentences: split after `.`, `!`, `?` followed by whitespace (citations after the stop stay
+/// with their sentence), and at line breaks.
+fn split_sentences(text: &str) -> Vec<&str> {
+    let mut sentences = Vec::new();
+    for line in text.lines() {
+        let mut start = 0;
+        let bytes = line.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if matches!(bytes[i], b'.' | b'!' | b'?') {
+                // Keep citations that follow the stop: "… in May. [2] Next".
+                let mut end = i + 1;
+                let rest = &line[end..];
+                let trimmed = rest.trim_start();
+                if trimmed.starts_with('[')
+                    && let Some(close) = trimmed.find(']')
+                {
+                    end += rest.len() - trimmed.len() + close + 1;
+                }
+                if end >= bytes.len() || bytes[end].is_ascii_whitespace() {
+                    sentences.push(&line[start..end]);
+                    start = end;
+                    i = end;
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        if !line[start..].trim().is_empty() {
+            sentences.push(&line[start..]);
+        }
+    }
+    sentences.retain(|s| !s.trim().is_empty());
+    sentences
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1204,6 +1367,72 @@ mod tests {
         let vars = json!({"name": "Ada"}).as_object().cloned().unwrap();
         let result = assertion.evaluate(&output(text), &vars);
         (result.pass, result.score)
+    }
+
+    #[test]
+    fn citations_must_exist_and_support_their_sentences() {
+        let vars = json!({"retrieved": [
+            {"id": 1, "text": "Each account may send 600 requests per minute."},
+            {"id": 2, "text": "Requests over 10 MB are refused with status 413."},
+        ]})
+        .as_object()
+        .cloned()
+        .unwrap();
+        let run = |value: Value, text: &str| {
+            let value = if value.is_null() { None } else { Some(value) };
+            let assertion =
+                Assertion::resolve("citations", value, None, None, None, Vec::new()).unwrap();
+            let result = assertion.evaluate(&output(text), &vars);
+            (
+                (!result.unmeasured).then_some(result.pass),
+                result.score,
+                result.reason,
+            )
+        };
+        let (pass, score, _) = run(
+            Value::Null,
+            "You may send 600 requests per minute [1]. Larger requests (over 10 MB) get 413. [2]",
+        );
+        assert_eq!((pass, score), (Some(true), 1.0));
+        let (pass, _, reason) = run(Value::Null, "It is 600 per minute [3].");
+        assert_eq!(pass, Some(false));
+        assert_eq!(reason, "cites [3] but only [1]..[2] were retrieved");
+        let (pass, _, reason) = run(Value::Null, "600 requests per minute.");
+        assert_eq!(pass, Some(false));
+        assert_eq!(reason, "cites 0 of the retrieved chunks, needs 1");
+        let (pass, score, reason) = run(
+            Value::Null,
+            "You may send 600 requests per minute [1]. Payments are due in 30 days [2].",
+        );
+        assert_eq!(pass, Some(false), "{reason}");
+        assert_eq!(score, 0.5);
+        let (pass, _, _) = run(json!({"min": 2}), "600 requests per minute [1].");
+        assert_eq!(pass, Some(false));
+        let (pass, _, _) = run(json!({"support": 0}), "Payments are due in 30 days [2].");
+        assert_eq!(pass, Some(true));
+        assert!(
+            Assertion::resolve(
+                "citations",
+                Some(json!({"minimum": 1})),
+                None,
+                None,
+                None,
+                Vec::new()
+            )
+            .is_err()
+        );
+        let no_context =
+            Assertion::resolve("citations", None, None, None, None, Vec::new()).unwrap();
+        let result = no_context.evaluate(&output("x [1]"), &Map::new());
+        assert!(!result.pass && result.reason.contains("needs retrieved chunks"));
+    }
+
+    #[test]
+    fn sentences_keep_their_trailing_citations() {
+        assert_eq!(
+            split_sentences("A is 1. [2] B is 2 [3]! C?\nD e.g. f"),
+            vec!["A is 1. [2]", " B is 2 [3]!", " C?", "D e.g.", " f"]
+        );
     }
 
     /// One row per case: type, value, output, expected pass.

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod plan;
 mod raw;
 pub mod report;
+pub mod retrieval;
 pub mod runner;
 pub mod stats;
 pub mod suite;

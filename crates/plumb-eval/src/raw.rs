@@ -117,6 +117,29 @@ pub(crate) struct RawTest {
     pub options: Option<RawTestOptions>,
     #[serde(default)]
     pub metadata: Option<Value>,
+    /// plumb's: a retrieval step whose chunks fill `context`, `contexts` and `retrieved`.
+    #[serde(default)]
+    pub context: Option<Spanned<RawRetrieval>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetrieval {
+    pub collection: String,
+    #[serde(default)]
+    pub k: Option<usize>,
+    /// A template over the test's vars; default `{{ query }}` or `{{ question }}`.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// `KEY=VALUE` terms (source, format, page, heading), or one of them.
+    #[serde(default)]
+    pub filter: Option<OneOrMany<String>>,
+    #[serde(default, rename = "textWeight")]
+    pub text_weight: Option<f32>,
+    #[serde(default, rename = "vectorWeight")]
+    pub vector_weight: Option<f32>,
+    #[serde(default)]
+    pub candidates: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -163,7 +186,7 @@ pub(crate) struct RawAssertion {
 }
 
 /// `x` or `[x, y]`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct OneOrMany<T>(pub Vec<T>);
 
 /// A prompt entry: a template string or `file://` path, a list of chat messages, or an object.

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use serde_saphyr::Spanned;
 
-use crate::assertion::{self, Assertion};
+use crate::retrieval::Retrieval;
+
+use crate::assertion::{self, Assertion, AssertionType};
 use crate::calibrate::CalibrationConfig;
 use crate::judge::{self, FactualityScores, JudgePrompt};
 use crate::raw::{
@@ -161,6 +163,9 @@ pub struct TestCase {
     pub asserts: Vec<Assertion>,
     pub threshold: Option<f64>,
     pub metadata: Value,
+    /// The test's retrieval step (its own `context`, else `defaultTest`'s): it fills `context`,
+    /// `contexts` and `retrieved` before the run (`retrieval::attach`).
+    pub retrieval: Option<Arc<Retrieval>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -472,10 +477,38 @@ impl Suite {
 
     /// Renders every prompt with every test's vars once, so a template error stops the run
     /// before the first model call instead of failing cases one by one.
+    /// The collections the tests' retrieval steps search, each once, in order of first use.
+    pub fn collections(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for test in &self.tests {
+            if let Some(step) = &test.retrieval
+                && !names.contains(&step.collection)
+            {
+                names.push(step.collection.clone());
+            }
+        }
+        names
+    }
+
     fn check_renders(&self) -> Result<(), SourceError> {
         for prompt in &self.prompts {
             for (index, test) in self.tests.iter().enumerate() {
-                if let Err(error) = render_messages(prompt, &test.vars) {
+                let vars = match &test.retrieval {
+                    Some(step) => {
+                        if let Err(error) = step.render_query(&test.vars) {
+                            let mut located = step.location.clone();
+                            located.message = format!(
+                                "test {} (\"{}\"): `context.query`: {error}",
+                                index + 1,
+                                test.description
+                            );
+                            return Err(located);
+                        }
+                        crate::retrieval::placeholder_vars(&test.vars)
+                    }
+                    None => test.vars.clone(),
+                };
+                if let Err(error) = render_messages(prompt, &vars) {
                     return Err(SourceError::in_file(
                         &self.path,
                         format!(
@@ -1204,6 +1237,43 @@ fn push_test(
         &vars,
         path,
     )?;
+    let retrieval = match raw.context.as_ref().or(default.context.as_ref()) {
+        Some(spanned) => {
+            for name in crate::retrieval::FILLED_VARS {
+                if vars.contains_key(name) {
+                    return Err(with_message(
+                        &location_of(path, spanned),
+                        format!(
+                            "`context`: the test sets var `{name}`, which the retrieval step fills"
+                        ),
+                    )
+                    .with_hint("drop the var, or the `context` step"));
+                }
+            }
+            let plain: Map<String, Value> = vars.clone().into_iter().collect();
+            Some(Arc::new(Retrieval::resolve(
+                spanned.value.clone(),
+                &plain,
+                location_of(path, spanned),
+            )?))
+        }
+        None => None,
+    };
+    if retrieval.is_none()
+        && has_kind(&asserts, AssertionType::Citations)
+        && !vars.contains_key("retrieved")
+        && !vars.contains_key("contexts")
+    {
+        return Err(SourceError::in_file(
+            path,
+            format!(
+                "test {}{}: `citations` checks citations against retrieved chunks, and the test retrieves none",
+                tests.len() + 1,
+                raw.description.as_deref().map(|d| format!(" (\"{d}\")")).unwrap_or_default()
+            ),
+        )
+        .with_hint("add `context: {collection: NAME, k: 3}` to the test or to `defaultTest`"));
+    }
     let threshold = raw.threshold.or(default.threshold);
     let metadata = raw
         .metadata
@@ -1235,9 +1305,16 @@ fn push_test(
             asserts: asserts.clone(),
             threshold,
             metadata: metadata.clone(),
+            retrieval: retrieval.clone(),
         });
     }
     Ok(())
+}
+
+fn has_kind(asserts: &[Assertion], kind: AssertionType) -> bool {
+    asserts
+        .iter()
+        .any(|a| a.kind == kind || has_kind(&a.children, kind))
 }
 
 fn has_rag(asserts: &[Assertion]) -> bool {

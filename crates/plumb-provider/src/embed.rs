@@ -255,10 +255,17 @@ mod local {
             })
         }
 
+        /// Batches texts of similar length together (each batch is padded to its longest),
+        /// then returns the vectors in the order given.
         pub(super) fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
-            let mut out = Vec::with_capacity(texts.len());
-            for chunk in texts.chunks(BATCH) {
-                out.extend(self.embed_batch(chunk)?);
+            let mut order: Vec<usize> = (0..texts.len()).collect();
+            order.sort_by_key(|&i| texts[i].len());
+            let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+            for batch in order.chunks(BATCH) {
+                let inputs: Vec<String> = batch.iter().map(|&i| texts[i].clone()).collect();
+                for (&i, vector) in batch.iter().zip(self.embed_batch(&inputs)?) {
+                    out[i] = vector;
+                }
             }
             Ok(out)
         }

@@ -355,6 +355,8 @@ pub async fn ingest(
             missing.push((chunk.embed_hash.clone(), text.clone()));
         }
     }
+    // Similar lengths together: a batch is padded to its longest text.
+    missing.sort_by_key(|(_, text)| text.len());
     observer.embedding(missing.len());
     for batch in missing.chunks(EMBED_BATCH) {
         let texts: Vec<String> = batch.iter().map(|(_, text)| text.clone()).collect();

@@ -5,6 +5,7 @@
 
 pub mod chunk;
 pub mod document;
+pub mod evidence;
 pub mod ingest;
 pub mod retrieve;
 pub mod sqlite;

@@ -176,7 +176,7 @@ pub struct Finished {
 }
 
 /// Installs an embedded model named `local:<catalog name>` on first use.
-fn pull_if_missing(id: &str, ctx: &ProviderContext) -> anyhow::Result<()> {
+pub(crate) fn pull_if_missing(id: &str, ctx: &ProviderContext) -> anyhow::Result<()> {
     if let Some(name) = id.strip_prefix("local:")
         && let Some(entry) = models::entry(name)
         && !models::installed_path(entry, &ctx.models_dir).exists()
@@ -328,6 +328,8 @@ pub async fn execute(request: EvalRequest, db: Arc<SqliteStore>) -> anyhow::Resu
         .map(Path::to_owned)
         .unwrap_or_default();
     let ctx = ProviderContext::new(&base_dir);
+    let mut suite = suite;
+    crate::rag_cmd::attach_retrieval(&mut suite, &base_dir, &ctx).await?;
 
     let (options, resume) = match &request.resume {
         Some(run_id) => {

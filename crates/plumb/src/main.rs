@@ -10,6 +10,7 @@ mod progress;
 mod project;
 mod prompt_cmd;
 mod quickstart;
+mod rag_cmd;
 mod runs_cmd;
 mod serve_cmd;
 mod traces_cmd;
@@ -70,6 +71,11 @@ enum Command {
     },
     /// Serve the gateway (/v1), the registry and trace API (/api/v1) and /metrics
     Serve(serve_cmd::ServeArgs),
+    /// Retrieval: ingest documents into collections, search them (BM25 + vectors), debug hits
+    Rag {
+        #[command(subcommand)]
+        command: rag_cmd::RagCommand,
+    },
     /// The gateway's request log: follow it, show one request, export JSONL
     Traces {
         #[command(subcommand)]
@@ -139,6 +145,7 @@ fn main() -> ExitCode {
             Command::Keys { command } => keys_cmd::run(command),
             Command::Serve(args) => serve_cmd::run(args).await,
             Command::Traces { command } => traces_cmd::run(command).await,
+            Command::Rag { command } => rag_cmd::run(command).await,
         }
     });
     // Do not wait for stuck provider calls once the command is done.

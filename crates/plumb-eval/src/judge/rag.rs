@@ -406,7 +406,7 @@ fn query(subject: &Subject<'_>) -> String {
         .unwrap_or_else(|| subject.input.to_owned())
 }
 
-/// The retrieved chunks, in rank order, from `context` or `contexts`.
+/// The retrieved chunks, in rank order, from `contexts` or `context`.
 fn contexts(assertion: &Assertion, vars: &Map<String, Value>) -> Result<Vec<String>, String> {
     let missing = || {
         format!(
@@ -415,9 +415,11 @@ fn contexts(assertion: &Assertion, vars: &Map<String, Value>) -> Result<Vec<Stri
             assertion.label
         )
     };
+    // `contexts` first: with a retrieval step, `context` is the chunks laid out as one text
+    // for the prompt, `contexts` the chunks themselves.
     let value = vars
-        .get("context")
-        .or_else(|| vars.get("contexts"))
+        .get("contexts")
+        .or_else(|| vars.get("context"))
         .ok_or_else(missing)?;
     let chunks: Vec<String> = match value {
         Value::Array(items) => items.iter().map(super::value_text).collect(),

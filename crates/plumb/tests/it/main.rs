@@ -11,6 +11,7 @@
 mod durability;
 mod gateway;
 mod prompts_as_code;
+mod rag;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -1,0 +1,158 @@
+//! `plumb rag` end to end, as a user runs it: ingest a folder, ingest again, query with the
+//! debug view and a gold passage, refusals, and a suite whose tests retrieve their context.
+//! Uses the real all-MiniLM-L6-v2 (installed by scripts/test.sh).
+
+use crate::Project;
+
+fn text(output: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn docs(project: &Project) {
+    project.write(
+        "docs/limits.md",
+        "# Limits\n\nEach account may send 600 requests per minute. Above that the API answers \
+         with status 429 and a Retry-After header.\n\n## Payload size\n\nRequests larger than \
+         10 MB are refused with status 413.\n",
+    );
+    project.write(
+        "docs/billing.md",
+        "# Billing\n\nInvoices are sent on the first day of each month. Payment is due within \
+         30 days; unpaid accounts are suspended after 60 days.\n",
+    );
+    project.write(
+        "docs/install.md",
+        "# Installing\n\nDownload the archive and run the installer. It needs administrator \
+         rights on Windows.\n",
+    );
+    project.write("docs/notes.bin", "\u{0}\u{1}binary");
+}
+
+#[test]
+fn ingest_query_and_a_suite_that_retrieves() {
+    let project = Project::new();
+    docs(&project);
+
+    let out = project.plumb(&["rag", "ingest", "docs", "--collection", "help"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("3 added, 0 updated, 0 unchanged, 0 removed, 1 skipped"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("docs/notes.bin: `.bin` is not a document type"),
+        "{stdout}"
+    );
+
+    let out = project.plumb(&["rag", "ingest", "docs", "--collection", "help"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("0 added, 0 updated, 3 unchanged"),
+        "{stdout}"
+    );
+
+    // A collection keeps its settings.
+    let out = project.plumb(&[
+        "rag",
+        "ingest",
+        "docs",
+        "--collection",
+        "help",
+        "--max-tokens",
+        "100",
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("collection `help` was made with max tokens 256 (given 100)"),
+        "{stderr}"
+    );
+
+    let out = project.plumb(&[
+        "rag",
+        "query",
+        "help",
+        "how many requests per minute may I send?",
+        "-k",
+        "2",
+        "--debug",
+        "--gold",
+        "600 requests per minute",
+        "--answer",
+        "You may send 600 requests per minute [1].",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("[1] docs/limits.md § Limits"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("· BM25 #1 ("), "{stdout}");
+    assert!(stdout.contains("· vector #"), "{stdout}");
+    assert!(
+        stdout.contains("gold passage: retrieved at rank 1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("answer: cites [1]"), "{stdout}");
+    assert!(stdout.contains("the gold passage was used"), "{stdout}");
+
+    let out = project.plumb(&["rag", "query", "help", "invoices", "--filter", "colour=red"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("unknown filter key `colour`"), "{stderr}");
+
+    let out = project.plumb(&["rag", "query", "helpp", "x"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("collection `helpp` does not exist"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("did you mean `help`?"), "{stderr}");
+
+    // A suite whose tests retrieve: the mock answers only when the right chunk reached the
+    // prompt, citing it.
+    project.write(
+        "rules.yaml",
+        "- when: [\"600 requests per minute\", \"How many requests\"]\n  output: \"You may send 600 requests per minute [1].\"\n\
+         - when: [\"within 30 days\", \"When is payment due\"]\n  output: \"Payment is due within 30 days [1].\"\n\
+         - when: \"Question:\"\n  output: \"I do not know [4].\"\n",
+    );
+    project.write(
+        "suite.yaml",
+        "prompts:\n  - \"Answer from the context only and cite it as [n].\\n\\n{{ context }}\\n\\nQuestion: {{ question }}\"\n\
+         providers: [\"mock:rules:rules.yaml\"]\n\
+         defaultTest:\n  context: {collection: help, k: 2}\n  assert:\n    - type: citations\n\
+         tests:\n  - vars: {question: How many requests may I send per minute?}\n  - vars: {question: When is payment due?}\n",
+    );
+    let out = project.plumb(&["eval", "suite.yaml", "--no-progress"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("retrieved context for 2 tests"), "{stderr}");
+    assert!(stdout.contains("2/2"), "{stdout}");
+
+    // The retrieved chunks are stored with each case.
+    let out = project.plumb(&["runs", "show", "latest", "-o", "run.json"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let report = std::fs::read_to_string(project.path("run.json")).unwrap();
+    assert!(report.contains("\"retrieved\""), "{report}");
+    assert!(report.contains("docs/limits.md"), "{report}");
+
+    // An unknown collection in a suite is an error at its line.
+    project.write(
+        "bad.yaml",
+        "prompts: [\"{{ context }} {{ question }}\"]\nproviders: [mock:echo]\ntests:\n  - vars: {question: q}\n    context: {collection: nope}\n",
+    );
+    let out = project.plumb(&["eval", "bad.yaml", "--no-progress"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("bad.yaml:5:"), "{stderr}");
+    assert!(
+        stderr.contains("collection `nope` does not exist"),
+        "{stderr}"
+    );
+}
