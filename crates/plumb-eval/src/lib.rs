@@ -12,6 +12,7 @@ pub mod plan;
 mod raw;
 pub mod report;
 pub mod retrieval;
+pub mod retrieval_eval;
 pub mod runner;
 pub mod stats;
 pub mod suite;

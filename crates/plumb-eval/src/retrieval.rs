@@ -73,8 +73,7 @@ impl Retrieval {
                 format!("{{{{ {var} }}}}")
             }
         };
-        let filter = Filter::parse(&raw.filter.map(|f| f.0).unwrap_or_default())
-            .map_err(&fail)?;
+        let filter = Filter::parse(&raw.filter.map(|f| f.0).unwrap_or_default()).map_err(&fail)?;
         let defaults = SearchOptions::default();
         let options = SearchOptions {
             k,

@@ -536,50 +536,58 @@ pub fn compare_cells(
             detectable: stats::mcnemar_mde(n, discordant),
             cases_needed: stats::mcnemar_cases_needed(rate_diff, discordant),
         });
-        let permutation = |name: String, values: &[f64]| {
-            let (diff, low, high) = stats::bootstrap_mean(
-                values,
-                resamples(BOOTSTRAP_ITERATIONS, values.len()),
-                0x5eed,
-            );
-            let sd = stats::std_dev(values);
-            Measure {
-                name,
-                diff,
-                ci: (low, high),
-                test: "paired permutation".into(),
-                p: stats::paired_permutation(
-                    values,
-                    resamples(PERMUTATION_ITERATIONS, values.len()),
-                    0x5eed,
-                ),
-                p_adjusted: 1.0,
-                significant: false,
-                detectable: stats::mean_mde(values.len() as u64, sd).filter(|d| *d > 0.0),
-                cases_needed: stats::mean_cases_needed(diff, sd).filter(|_| sd > 0.0),
-            }
-        };
         // With pass/fail-only assertions every score is its case's pass: the same test twice.
         if differences != pass_differences {
-            let score = permutation("mean score".into(), &differences);
+            let score = mean_measure("mean score".into(), &differences);
             comparison.measures.push(score);
         }
         for (name, values) in &metric_differences {
-            let measure = permutation(format!("metric `{name}`"), values);
+            let measure = mean_measure(format!("metric `{name}`"), values);
             comparison.measures.push(measure);
         }
-        let p_values: Vec<f64> = comparison.measures.iter().map(|m| m.p).collect();
-        for (measure, adjusted) in comparison.measures.iter_mut().zip(stats::holm(&p_values)) {
-            measure.p_adjusted = adjusted;
-            measure.significant = adjusted < ALPHA && measure.diff.abs() > 1e-12;
-            if measure.significant {
-                measure.cases_needed = None;
-            }
-        }
+        adjust_measures(&mut comparison.measures);
         comparison.significant = comparison.measures[0].significant;
     }
     comparison.verdict = verdict(&comparison);
     comparison
+}
+
+/// A mean difference over paired values (B − A): its bootstrap interval, paired permutation
+/// p, and the smallest difference these pairs detect. Not yet adjusted: see `adjust_measures`.
+pub fn mean_measure(name: String, differences: &[f64]) -> Measure {
+    let (diff, low, high) = stats::bootstrap_mean(
+        differences,
+        resamples(BOOTSTRAP_ITERATIONS, differences.len()),
+        0x5eed,
+    );
+    let sd = stats::std_dev(differences);
+    Measure {
+        name,
+        diff,
+        ci: (low, high),
+        test: "paired permutation".into(),
+        p: stats::paired_permutation(
+            differences,
+            resamples(PERMUTATION_ITERATIONS, differences.len()),
+            0x5eed,
+        ),
+        p_adjusted: 1.0,
+        significant: false,
+        detectable: stats::mean_mde(differences.len() as u64, sd).filter(|d| *d > 0.0),
+        cases_needed: stats::mean_cases_needed(diff, sd).filter(|_| sd > 0.0),
+    }
+}
+
+/// Holm-adjusts measures tested together and marks the significant ones (α = 0.05).
+pub fn adjust_measures(measures: &mut [Measure]) {
+    let p_values: Vec<f64> = measures.iter().map(|m| m.p).collect();
+    for (measure, adjusted) in measures.iter_mut().zip(stats::holm(&p_values)) {
+        measure.p_adjusted = adjusted;
+        measure.significant = adjusted < ALPHA && measure.diff.abs() > 1e-12;
+        if measure.significant {
+            measure.cases_needed = None;
+        }
+    }
 }
 
 fn verdict(c: &Comparison) -> String {

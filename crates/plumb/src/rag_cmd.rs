@@ -27,6 +27,9 @@ pub enum RagCommand {
     Ingest(IngestArgs),
     /// Search a collection: BM25 and vectors fused by reciprocal rank, optionally reranked
     Query(QueryArgs),
+    /// Measure retrieval on labeled queries (recall@k, MRR, nDCG with 95% CIs) and compare
+    /// settings — collections (chunking, embedder) × fusion — paired by query
+    Eval(EvalArgs),
     /// List the project's collections
     List,
     /// Show a collection's settings and documents
@@ -107,6 +110,36 @@ pub struct QueryArgs {
     #[arg(long, value_name = "TEXT")]
     pub answer: Option<String>,
     /// Print the hits as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Labeled queries: a YAML list of `{query, gold: [passage…], sources: [file…]}`
+    pub labels: PathBuf,
+    /// Collections to evaluate (repeatable; the first is the baseline)
+    #[arg(long = "collection", short = 'c', required = true)]
+    pub collections: Vec<String>,
+    /// Fusion settings (repeatable): hybrid, bm25, vector, or TEXT_WEIGHT,VECTOR_WEIGHT
+    #[arg(long = "fusion", default_value = "hybrid")]
+    pub fusions: Vec<String>,
+    /// Cutoff of recall@k, MRR@k and nDCG@k
+    #[arg(short, default_value_t = 5)]
+    pub k: usize,
+    /// Hits each search contributes to fusion
+    #[arg(long, default_value_t = 50)]
+    pub candidates: usize,
+    /// Rerank with this chat model (listwise) in every setting
+    #[arg(long, value_name = "MODEL")]
+    pub rerank: Option<String>,
+    /// How many fused hits the reranker sees
+    #[arg(long, default_value_t = 10)]
+    pub rerank_depth: usize,
+    /// Fail (exit 1) when the baseline's recall@k is below this
+    #[arg(long, value_name = "RECALL")]
+    pub min_recall: Option<f64>,
+    /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
 }
@@ -234,6 +267,7 @@ pub async fn run(command: RagCommand) -> anyhow::Result<Outcome> {
     match command {
         RagCommand::Ingest(args) => ingest_cmd(&cwd, args).await,
         RagCommand::Query(args) => query_cmd(&cwd, args).await,
+        RagCommand::Eval(args) => eval_cmd(&cwd, args).await,
         RagCommand::List => list_cmd(&cwd),
         RagCommand::Show { collection } => show_cmd(&cwd, &collection).await,
     }
@@ -701,6 +735,205 @@ fn print_hit(hit: &Hit, debug: bool) {
         ""
     };
     println!("    {shown}{more}");
+}
+
+/// `hybrid` → (1, 1), `bm25` → (1, 0), `vector` → (0, 1), `0.5,1` → (0.5, 1).
+fn parse_fusion(text: &str) -> anyhow::Result<(f32, f32)> {
+    let weights = match text {
+        "hybrid" => Some((1.0, 1.0)),
+        "bm25" | "text" => Some((1.0, 0.0)),
+        "vector" => Some((0.0, 1.0)),
+        _ => text.split_once(',').and_then(|(t, v)| {
+            let t: f32 = t.trim().parse().ok()?;
+            let v: f32 = v.trim().parse().ok()?;
+            (t >= 0.0 && v >= 0.0 && t + v > 0.0).then_some((t, v))
+        }),
+    };
+    weights.ok_or_else(|| {
+        user_error(
+            format!("fusion `{text}` is not a fusion setting"),
+            Some(
+                "accepted: hybrid, bm25, vector, or TEXT_WEIGHT,VECTOR_WEIGHT (e.g. 0.5,1)"
+                    .to_owned(),
+            ),
+        )
+    })
+}
+
+async fn eval_cmd(cwd: &Path, args: EvalArgs) -> anyhow::Result<Outcome> {
+    use plumb_eval::retrieval_eval::{self, Setting};
+    if args.k == 0 {
+        return Err(user_error("-k must be at least 1", None));
+    }
+    if let Some(min) = args.min_recall
+        && !(0.0..=1.0).contains(&min)
+    {
+        return Err(user_error(
+            format!("--min-recall must be in [0, 1], got {min}"),
+            None,
+        ));
+    }
+    let labels = retrieval_eval::load_labels(&args.labels)?;
+    let fusions: Vec<(String, (f32, f32))> = args
+        .fusions
+        .iter()
+        .map(|f| Ok((f.clone(), parse_fusion(f)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let ctx = ProviderContext::new(cwd);
+    let reranker = match &args.rerank {
+        Some(id) => {
+            crate::eval_cmd::pull_if_missing(id, &ctx)?;
+            let model = plumb_provider::build(id, &ProviderOptions::default(), &ctx)?;
+            model.preflight()?;
+            Some(Reranker {
+                model,
+                depth: args.rerank_depth.max(args.k),
+            })
+        }
+        None => None,
+    };
+    let mut settings = Vec::new();
+    for name in &args.collections {
+        let collection: Arc<dyn Backend> = Arc::new(open_collection(cwd, name)?);
+        let embedder = build_embedder(&collection.manifest().embedder, &ctx)?;
+        let retriever = Retriever::new(collection, embedder)
+            .map_err(|error| user_error(error.to_string(), None))?
+            .with_reranker(reranker.clone());
+        for (fusion, (text_weight, vector_weight)) in &fusions {
+            let label = if args.collections.len() > 1 && fusions.len() > 1 {
+                format!("{name} · {fusion}")
+            } else if args.collections.len() > 1 {
+                name.clone()
+            } else {
+                fusion.clone()
+            };
+            settings.push(Setting {
+                label,
+                retriever: retriever.clone(),
+                options: SearchOptions {
+                    k: args.k,
+                    candidates: args.candidates,
+                    text_weight: *text_weight,
+                    vector_weight: *vector_weight,
+                    ..SearchOptions::default()
+                },
+            });
+        }
+    }
+    let bar = ProgressBar::hidden();
+    if std::io::stderr().is_terminal() && !args.json {
+        bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(8));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {bar:30} {pos}/{len} queries · {per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_length((labels.len() * settings.len()) as u64);
+    }
+    let report = retrieval_eval::evaluate(&labels, &settings, args.k, |n| bar.inc(n as u64))
+        .await
+        .map_err(|error| user_error(error, None))?;
+    bar.finish_and_clear();
+    let gate = args
+        .min_recall
+        .map(|min| report.settings[0].recall.mean >= min);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_retrieval_report(&report, &labels, &args);
+    }
+    Ok(match gate {
+        Some(false) => Outcome::GateFailed,
+        _ => Outcome::Ok,
+    })
+}
+
+fn print_retrieval_report(
+    report: &plumb_eval::retrieval_eval::RetrievalReport,
+    labels: &[plumb_eval::retrieval_eval::Label],
+    args: &EvalArgs,
+) {
+    let k = report.k;
+    println!(
+        "plumb rag eval {} · {} queries · k {k}",
+        args.labels.display(),
+        report.queries
+    );
+    println!();
+    let width = report
+        .settings
+        .iter()
+        .map(|s| s.label.chars().count())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    println!(
+        "  {:<width$}  {:<22} {:<22} {:<22} misses",
+        "setting",
+        format!("recall@{k} (95% CI)"),
+        format!("MRR@{k} (95% CI)"),
+        format!("nDCG@{k} (95% CI)"),
+    );
+    let cell = |e: &plumb_eval::retrieval_eval::Estimate| {
+        format!("{:.3} ({:.2}–{:.2})", e.mean, e.low, e.high)
+    };
+    for setting in &report.settings {
+        println!(
+            "  {:<width$}  {:<22} {:<22} {:<22} {}",
+            setting.label,
+            cell(&setting.recall),
+            cell(&setting.mrr),
+            cell(&setting.ndcg),
+            setting.misses().count()
+        );
+    }
+    if !report.comparisons.is_empty() {
+        println!();
+        println!(
+            "compared with {} (paired over {} queries):",
+            report.settings[0].label, report.queries
+        );
+        for comparison in &report.comparisons {
+            println!("  {}:", comparison.setting);
+            for measure in &comparison.measures {
+                println!("    {}", measure.describe(comparison.measures.len()));
+            }
+        }
+    }
+    let baseline = &report.settings[0];
+    let misses: Vec<_> = baseline.misses().collect();
+    if !misses.is_empty() {
+        println!();
+        println!(
+            "not retrieved in the top {k} by {} ({}):",
+            baseline.label,
+            misses.len()
+        );
+        for miss in misses.iter().take(20) {
+            if let Some(label) = labels.iter().find(|l| l.number == miss.number) {
+                println!(
+                    "  query {}: {}  (debug: plumb rag query {} {:?} --debug --gold {:?})",
+                    label.number,
+                    label.query,
+                    args.collections[0],
+                    label.query,
+                    label.gold.first().map(String::as_str).unwrap_or("")
+                );
+            }
+        }
+        if misses.len() > 20 {
+            println!("  … and {} more (see --json)", misses.len() - 20);
+        }
+    }
+    if let Some(min) = args.min_recall {
+        let recall = baseline.recall.mean;
+        println!();
+        if recall >= min {
+            println!("plumb: gate holds (recall@{k} {recall:.3} ≥ {min})");
+        } else {
+            println!("plumb: gate failed: recall@{k} {recall:.3} < {min}");
+        }
+    }
 }
 
 fn list_cmd(cwd: &Path) -> anyhow::Result<Outcome> {

@@ -114,6 +114,73 @@ fn ingest_query_and_a_suite_that_retrieves() {
     );
     assert!(stderr.contains("did you mean `help`?"), "{stderr}");
 
+    // Retrieval evals: labeled queries, two fusion settings, a gate.
+    project.write(
+        "labels.yaml",
+        "- query: how many requests per minute may I send?\n  gold: 600 requests per minute\n\
+         - query: when must invoices be paid?\n  gold: [Payment is due within 30 days]\n\
+         - query: installer\n  sources: docs/install.md\n",
+    );
+    let out = project.plumb(&[
+        "rag",
+        "eval",
+        "labels.yaml",
+        "-c",
+        "help",
+        "--fusion",
+        "hybrid",
+        "--fusion",
+        "bm25",
+        "-k",
+        "1",
+        "--json",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["queries"], 3);
+    assert_eq!(report["settings"][0]["label"], "hybrid");
+    assert_eq!(report["settings"][0]["recall"]["mean"], 1.0, "{stdout}");
+    assert_eq!(report["comparisons"][0]["setting"], "bm25");
+    assert_eq!(report["comparisons"][0]["measures"][0]["name"], "recall@1");
+    let out = project.plumb(&[
+        "rag",
+        "eval",
+        "labels.yaml",
+        "-c",
+        "help",
+        "--fusion",
+        "0,0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
+    project.write(
+        "hard.yaml",
+        "- query: what colour is the sky\n  gold: the sky is green\n",
+    );
+    let out = project.plumb(&[
+        "rag",
+        "eval",
+        "hard.yaml",
+        "-c",
+        "help",
+        "--min-recall",
+        "0.5",
+    ]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("gate failed: recall@5 0.000 < 0.5"),
+        "{stdout}"
+    );
+    project.write(
+        "broken.yaml",
+        "- query: x\n  gold: some text\n  relevance: 3\n",
+    );
+    let out = project.plumb(&["rag", "eval", "broken.yaml", "-c", "help"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("broken.yaml:3"), "{stderr}");
+
     // A suite whose tests retrieve: the mock answers only when the right chunk reached the
     // prompt, citing it.
     project.write(
