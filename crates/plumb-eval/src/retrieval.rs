@@ -43,14 +43,9 @@ impl Retrieval {
             error.message = format!("`context`: {message}");
             error
         };
-        let valid_name = !raw.collection.is_empty()
-            && raw
-                .collection
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid_name {
+        if !plumb_rag::store::valid_name(&raw.collection) {
             return Err(fail(format!(
-                "`{}` is not a collection name (letters, digits, `-`, `_`)",
+                "`{}` is not a collection name (1–64 letters, digits, `-`, `_`)",
                 raw.collection
             )));
         }

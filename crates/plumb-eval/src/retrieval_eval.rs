@@ -25,21 +25,48 @@ use crate::summary::{self, Measure};
 /// its words do not appear in order (a passage cut across two chunks).
 const PASSAGE_SHARE: f64 = 0.8;
 
+/// A labeled query: `{query, gold, sources}`, or a suite test whose `vars` hold them
+/// (`question` or `query`, `gold`, `sources`), so one file serves `plumb rag eval` and an
+/// answer suite (`tests: file://questions.yaml`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLabel {
-    query: String,
+    #[serde(default)]
+    query: Option<String>,
     #[serde(default)]
     gold: Option<OneOrMany<String>>,
     #[serde(default)]
     sources: Option<OneOrMany<String>>,
-    /// A reference answer: not used by retrieval evals, kept for suites that share the file.
+    #[serde(default)]
+    vars: Option<serde_json::Map<String, serde_json::Value>>,
+    // Kept for files shared with suites; retrieval evals do not use them.
     #[serde(default)]
     #[allow(dead_code, reason = "shared with answer suites")]
     answer: Option<String>,
     #[serde(default)]
+    #[allow(dead_code, reason = "shared with answer suites")]
+    description: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code, reason = "shared with answer suites")]
+    assert: Option<serde_json::Value>,
+    #[serde(default)]
+    #[allow(dead_code, reason = "free-form")]
+    metadata: Option<serde_json::Value>,
+    #[serde(default)]
     #[allow(dead_code, reason = "free-form")]
     id: Option<serde_json::Value>,
+}
+
+/// Strings of a var: one text or a list of them.
+fn strings(value: Option<&serde_json::Value>) -> Vec<String> {
+    match value {
+        Some(serde_json::Value::String(text)) => vec![text.clone()],
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// One labeled query.
@@ -64,25 +91,28 @@ pub fn load_labels(path: &Path) -> Result<Vec<Label>, SourceError> {
     }
     let mut labels = Vec::with_capacity(raw.len());
     for (index, item) in raw.into_iter().enumerate() {
-        let gold: Vec<String> = item
-            .gold
-            .map(|list| list.0)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|g| !g.trim().is_empty())
-            .collect();
-        let sources = item.sources.map(|list| list.0).unwrap_or_default();
-        if item.query.trim().is_empty() || (gold.is_empty() && sources.is_empty()) {
+        let vars = item.vars.unwrap_or_default();
+        let query = item
+            .query
+            .or_else(|| strings(vars.get("query")).pop())
+            .or_else(|| strings(vars.get("question")).pop())
+            .unwrap_or_default();
+        let mut gold: Vec<String> = item.gold.map(|list| list.0).unwrap_or_default();
+        gold.extend(strings(vars.get("gold")));
+        gold.retain(|g| !g.trim().is_empty());
+        let mut sources = item.sources.map(|list| list.0).unwrap_or_default();
+        sources.extend(strings(vars.get("sources")));
+        if query.trim().is_empty() || (gold.is_empty() && sources.is_empty()) {
             return Err(SourceError::in_file(
                 path,
                 format!(
-                    "query {}: needs a non-empty `query` and a `gold` passage or `sources`",
+                    "query {}: needs a non-empty `query` (or `vars.question`) and a `gold` passage or `sources`",
                     index + 1
                 ),
             ));
         }
         labels.push(Label {
-            query: item.query,
+            query,
             gold,
             sources,
             number: index + 1,

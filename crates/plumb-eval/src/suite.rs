@@ -280,6 +280,7 @@ impl Suite {
                                     &default_test,
                                     &default_asserts,
                                     &file,
+                                    path,
                                 )?;
                             }
                         }
@@ -290,6 +291,7 @@ impl Suite {
                         Vec::new(),
                         &default_test,
                         &default_asserts,
+                        path,
                         path,
                     )?,
                     Node::Seq(never) => match never {},
@@ -303,6 +305,7 @@ impl Suite {
                 Vec::new(),
                 &default_test,
                 &default_asserts,
+                path,
                 path,
             )?;
         }
@@ -1180,6 +1183,7 @@ fn apply_judge_options(
     Ok(())
 }
 
+/// `suite_path` locates what `default` says (its `context`); `path` the test itself.
 fn push_test(
     tests: &mut Vec<TestCase>,
     raw: RawTest,
@@ -1187,6 +1191,7 @@ fn push_test(
     default: &RawTest,
     default_asserts: &[Assertion],
     path: &Path,
+    suite_path: &Path,
 ) -> Result<(), SourceError> {
     let mut vars: IndexMap<String, Value> = default.vars.clone().unwrap_or_default();
     for (key, value) in raw.vars.unwrap_or_default() {
@@ -1237,12 +1242,17 @@ fn push_test(
         &vars,
         path,
     )?;
-    let retrieval = match raw.context.as_ref().or(default.context.as_ref()) {
-        Some(spanned) => {
+    let step = match (&raw.context, &default.context) {
+        (Some(own), _) => Some((own, location_of(path, own))),
+        (None, Some(shared)) => Some((shared, location_of(suite_path, shared))),
+        (None, None) => None,
+    };
+    let retrieval = match step {
+        Some((spanned, at)) => {
             for name in crate::retrieval::FILLED_VARS {
                 if vars.contains_key(name) {
                     return Err(with_message(
-                        &location_of(path, spanned),
+                        &at,
                         format!(
                             "`context`: the test sets var `{name}`, which the retrieval step fills"
                         ),
@@ -1254,7 +1264,7 @@ fn push_test(
             Some(Arc::new(Retrieval::resolve(
                 spanned.value.clone(),
                 &plain,
-                location_of(path, spanned),
+                at,
             )?))
         }
         None => None,

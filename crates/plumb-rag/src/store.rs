@@ -213,6 +213,15 @@ const STOPWORDS: &[&str] = &[
     "you", "your",
 ];
 
+/// A collection name: 1–64 letters, digits, `-` and `_` (it names a directory).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// Words of a query for full-text search: letters and digits, lowercase, each at most once,
 /// in order, without stop words (unless the query has nothing else).
 pub fn query_terms(query: &str) -> Vec<String> {

@@ -153,12 +153,7 @@ pub fn collections_dir(start: &Path) -> PathBuf {
 }
 
 fn check_name(name: &str) -> anyhow::Result<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if valid {
+    if plumb_rag::store::valid_name(name) {
         Ok(())
     } else {
         Err(user_error(
@@ -227,6 +222,15 @@ pub(crate) async fn attach_retrieval(
     if names.is_empty() {
         return Ok(());
     }
+    // The project is found by walking up from the suite's directory: start from its
+    // absolute path.
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        base_dir
+    };
+    let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_owned());
+    let base_dir = base_dir.as_path();
     let mut retrievers = std::collections::HashMap::new();
     for name in names {
         let at = suite
@@ -260,6 +264,21 @@ pub(crate) async fn attach_retrieval(
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The listwise reranker `--rerank MODEL` names, if any.
+fn build_reranker(
+    id: Option<&str>,
+    depth: usize,
+    ctx: &ProviderContext,
+) -> anyhow::Result<Option<Reranker>> {
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    crate::eval_cmd::pull_if_missing(id, ctx)?;
+    let model = plumb_provider::build(id, &ProviderOptions::default(), ctx)?;
+    model.preflight()?;
+    Ok(Some(Reranker { model, depth }))
 }
 
 pub async fn run(command: RagCommand) -> anyhow::Result<Outcome> {
@@ -507,18 +526,7 @@ async fn query_cmd(cwd: &Path, args: QueryArgs) -> anyhow::Result<Outcome> {
     let collection: Arc<dyn Backend> = Arc::new(open_collection(cwd, &args.collection)?);
     let ctx = ProviderContext::new(cwd);
     let embedder = build_embedder(&collection.manifest().embedder, &ctx)?;
-    let reranker = match &args.rerank {
-        Some(id) => {
-            crate::eval_cmd::pull_if_missing(id, &ctx)?;
-            let model = plumb_provider::build(id, &ProviderOptions::default(), &ctx)?;
-            model.preflight()?;
-            Some(Reranker {
-                model,
-                depth: args.rerank_depth.max(args.k),
-            })
-        }
-        None => None,
-    };
+    let reranker = build_reranker(args.rerank.as_deref(), args.rerank_depth.max(args.k), &ctx)?;
     let retriever = Retriever::new(collection, embedder)
         .map_err(|error| user_error(error.to_string(), None))?
         .with_reranker(reranker);
@@ -580,7 +588,7 @@ async fn query_cmd(cwd: &Path, args: QueryArgs) -> anyhow::Result<Outcome> {
     for hit in &hits {
         print_hit(hit, args.debug);
     }
-    if let Some(gold) = &args.gold {
+    if args.gold.is_some() {
         println!();
         match (gold_rank, &deeper) {
             (Some(rank), None) => println!("gold passage: retrieved at rank {rank}"),
@@ -596,7 +604,6 @@ async fn query_cmd(cwd: &Path, args: QueryArgs) -> anyhow::Result<Outcome> {
                 args.candidates, args.collection
             ),
         }
-        let _ = gold;
     }
     if let Some(answer) = &args.answer {
         let json = answer_json(answer, &hits, gold_rank);
@@ -780,18 +787,7 @@ async fn eval_cmd(cwd: &Path, args: EvalArgs) -> anyhow::Result<Outcome> {
         .map(|f| Ok((f.clone(), parse_fusion(f)?)))
         .collect::<anyhow::Result<_>>()?;
     let ctx = ProviderContext::new(cwd);
-    let reranker = match &args.rerank {
-        Some(id) => {
-            crate::eval_cmd::pull_if_missing(id, &ctx)?;
-            let model = plumb_provider::build(id, &ProviderOptions::default(), &ctx)?;
-            model.preflight()?;
-            Some(Reranker {
-                model,
-                depth: args.rerank_depth.max(args.k),
-            })
-        }
-        None => None,
-    };
+    let reranker = build_reranker(args.rerank.as_deref(), args.rerank_depth.max(args.k), &ctx)?;
     let mut settings = Vec::new();
     for name in &args.collections {
         let collection: Arc<dyn Backend> = Arc::new(open_collection(cwd, name)?);
