@@ -94,15 +94,8 @@ pub struct QueryArgs {
     /// Weight of vector search in fusion (0: BM25 only)
     #[arg(long, default_value_t = 1.0)]
     pub vector_weight: f32,
-    /// Hits each search contributes to fusion
-    #[arg(long, default_value_t = 50)]
-    pub candidates: usize,
-    /// Rerank the fused top hits with this chat model (listwise), e.g. `local:smollm2-135m`
-    #[arg(long, value_name = "MODEL")]
-    pub rerank: Option<String>,
-    /// How many fused hits the reranker sees
-    #[arg(long, default_value_t = 10)]
-    pub rerank_depth: usize,
+    #[command(flatten)]
+    pub search: SearchArgs,
     /// A passage that should be retrieved: say whether and at which rank it was
     #[arg(long, value_name = "TEXT")]
     pub gold: Option<String>,
@@ -112,6 +105,20 @@ pub struct QueryArgs {
     /// Print the hits as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// Options shared by `query` and `eval`.
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// Hits each search contributes to fusion
+    #[arg(long, default_value_t = 50)]
+    pub candidates: usize,
+    /// Rerank the fused top hits with this chat model (listwise), e.g. `local:smollm2-135m`
+    #[arg(long, value_name = "MODEL")]
+    pub rerank: Option<String>,
+    /// How many fused hits the reranker sees
+    #[arg(long, default_value_t = 10)]
+    pub rerank_depth: usize,
 }
 
 #[derive(Args, Debug)]
@@ -127,15 +134,8 @@ pub struct EvalArgs {
     /// Cutoff of recall@k, MRR@k and nDCG@k
     #[arg(short, default_value_t = 5)]
     pub k: usize,
-    /// Hits each search contributes to fusion
-    #[arg(long, default_value_t = 50)]
-    pub candidates: usize,
-    /// Rerank with this chat model (listwise) in every setting
-    #[arg(long, value_name = "MODEL")]
-    pub rerank: Option<String>,
-    /// How many fused hits the reranker sees
-    #[arg(long, default_value_t = 10)]
-    pub rerank_depth: usize,
+    #[command(flatten)]
+    pub search: SearchArgs,
     /// Fail (exit 1) when the baseline's recall@k is below this
     #[arg(long, value_name = "RECALL")]
     pub min_recall: Option<f64>,
@@ -526,13 +526,17 @@ async fn query_cmd(cwd: &Path, args: QueryArgs) -> anyhow::Result<Outcome> {
     let collection: Arc<dyn Backend> = Arc::new(open_collection(cwd, &args.collection)?);
     let ctx = ProviderContext::new(cwd);
     let embedder = build_embedder(&collection.manifest().embedder, &ctx)?;
-    let reranker = build_reranker(args.rerank.as_deref(), args.rerank_depth.max(args.k), &ctx)?;
+    let reranker = build_reranker(
+        args.search.rerank.as_deref(),
+        args.search.rerank_depth.max(args.k),
+        &ctx,
+    )?;
     let retriever = Retriever::new(collection, embedder)
         .map_err(|error| user_error(error.to_string(), None))?
         .with_reranker(reranker);
     let options = SearchOptions {
         k: args.k,
-        candidates: args.candidates,
+        candidates: args.search.candidates,
         text_weight: args.text_weight,
         vector_weight: args.vector_weight,
         filter,
@@ -541,7 +545,7 @@ async fn query_cmd(cwd: &Path, args: QueryArgs) -> anyhow::Result<Outcome> {
     // With a gold passage, look for it further down than k.
     let wide = SearchOptions {
         k: if args.gold.is_some() {
-            args.candidates.max(args.k)
+            args.search.candidates.max(args.k)
         } else {
             args.k
         },
@@ -601,7 +605,7 @@ async fn query_cmd(cwd: &Path, args: QueryArgs) -> anyhow::Result<Outcome> {
             ),
             (None, _) => println!(
                 "gold passage: not retrieved in the top {} of either search (is it in the collection? `plumb rag show {}`)",
-                args.candidates, args.collection
+                args.search.candidates, args.collection
             ),
         }
     }
@@ -787,7 +791,11 @@ async fn eval_cmd(cwd: &Path, args: EvalArgs) -> anyhow::Result<Outcome> {
         .map(|f| Ok((f.clone(), parse_fusion(f)?)))
         .collect::<anyhow::Result<_>>()?;
     let ctx = ProviderContext::new(cwd);
-    let reranker = build_reranker(args.rerank.as_deref(), args.rerank_depth.max(args.k), &ctx)?;
+    let reranker = build_reranker(
+        args.search.rerank.as_deref(),
+        args.search.rerank_depth.max(args.k),
+        &ctx,
+    )?;
     let mut settings = Vec::new();
     for name in &args.collections {
         let collection: Arc<dyn Backend> = Arc::new(open_collection(cwd, name)?);
@@ -808,7 +816,7 @@ async fn eval_cmd(cwd: &Path, args: EvalArgs) -> anyhow::Result<Outcome> {
                 retriever: retriever.clone(),
                 options: SearchOptions {
                     k: args.k,
-                    candidates: args.candidates,
+                    candidates: args.search.candidates,
                     text_weight: *text_weight,
                     vector_weight: *vector_weight,
                     ..SearchOptions::default()

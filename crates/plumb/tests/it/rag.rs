@@ -100,6 +100,28 @@ fn ingest_query_and_a_suite_that_retrieves() {
     assert!(stdout.contains("answer: cites [1]"), "{stdout}");
     assert!(stdout.contains("the gold passage was used"), "{stdout}");
 
+    // A listwise reranker (scripted) reverses the fused top 2.
+    let out = project.plumb(&[
+        "rag",
+        "query",
+        "help",
+        "how many requests per minute may I send?",
+        "-k",
+        "2",
+        "--debug",
+        "--rerank",
+        "mock:text:{\"ranking\": [2, 1]}",
+        "--rerank-depth",
+        "2",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("fused rank 2 before rerank"), "{stdout}");
+    assert!(
+        !stdout.starts_with("[1] docs/limits.md § Limits\n"),
+        "{stdout}"
+    );
+
     let out = project.plumb(&["rag", "query", "help", "invoices", "--filter", "colour=red"]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));
