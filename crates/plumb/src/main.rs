@@ -120,7 +120,27 @@ pub fn user_error(message: impl Into<String>, hint: Option<String>) -> anyhow::E
     })
 }
 
+/// Output piped into `head` and closed is not an error: `println!` panics when stdout is gone,
+/// so a panic about printing to a broken pipe ends the process quietly (exit 0, as the
+/// error path in `report_error` does), and any other panic is reported as before.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_broken_pipe();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -100,6 +100,20 @@ fn ingest_query_and_a_suite_that_retrieves() {
     assert!(stdout.contains("answer: cites [1]"), "{stdout}");
     assert!(stdout.contains("the gold passage was used"), "{stdout}");
 
+    // Output into a closed pipe ends quietly, not with a panic.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' rag query help 'requests per minute' -k 3 --debug | true",
+            env!("CARGO_BIN_EXE_plumb")
+        ))
+        .current_dir(project.path(""))
+        .env("PLUMB_DB", project.path(".plumb/plumb.db"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
     // A listwise reranker (scripted) reverses the fused top 2.
     let out = project.plumb(&[
         "rag",
