@@ -113,15 +113,7 @@ pub(crate) fn placeholder_vars(vars: &Map<String, Value>) -> Map<String, Value> 
 
 /// `[1] docs/limits.md § Limits > Payload size · p. 3`
 pub fn citation_header(id: usize, hit: &Hit) -> String {
-    let mut header = format!("[{id}] {}", hit.chunk.source);
-    if !hit.chunk.headings.is_empty() {
-        header.push_str(" § ");
-        header.push_str(&hit.chunk.headings.join(" > "));
-    }
-    if let Some(page) = hit.chunk.page {
-        header.push_str(&format!(" · p. {page}"));
-    }
-    header
+    format!("[{id}] {}", hit.chunk.place())
 }
 
 /// Puts retrieved hits into a test's vars.

@@ -86,6 +86,21 @@ pub struct StoredChunk {
     pub tokens: usize,
 }
 
+impl StoredChunk {
+    /// Where the chunk is: `docs/limits.md § Limits > Payload size · p. 3`.
+    pub fn place(&self) -> String {
+        let mut place = self.source.clone();
+        if !self.headings.is_empty() {
+            place.push_str(" § ");
+            place.push_str(&self.headings.join(" > "));
+        }
+        if let Some(page) = self.page {
+            place.push_str(&format!(" · p. {page}"));
+        }
+        place
+    }
+}
+
 /// Which chunks a search may return. Every field that is set must hold.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filter {

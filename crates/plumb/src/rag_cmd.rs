@@ -300,10 +300,11 @@ async fn ingest_cmd(cwd: &Path, args: IngestArgs) -> anyhow::Result<Outcome> {
     // Paths first: a typo fails before any model loads.
     let discovered = ingest::discover(&args.paths, &root)
         .map_err(|error| user_error(error.to_string(), None))?;
-    let collection = if SqliteCollection::exists(&dir) {
+    let (collection, embedder) = if SqliteCollection::exists(&dir) {
         let collection = open_collection(cwd, &args.collection)?;
         refuse_changed_settings(collection.manifest(), &args)?;
-        collection
+        let embedder = build_embedder(&collection.manifest().embedder, &ctx)?;
+        (collection, embedder)
     } else {
         let chunking = ChunkingConfig {
             strategy: match args.chunking {
@@ -338,10 +339,10 @@ async fn ingest_cmd(cwd: &Path, args: IngestArgs) -> anyhow::Result<Outcome> {
             dimensions,
             created_ms: plumb_core::now_ms(),
         };
-        SqliteCollection::create(&dir, manifest, HnswParams::default())
-            .map_err(|error| user_error(error.to_string(), None))?
+        let collection = SqliteCollection::create(&dir, manifest, HnswParams::default())
+            .map_err(|error| user_error(error.to_string(), None))?;
+        (collection, embedder)
     };
-    let embedder = build_embedder(&collection.manifest().embedder, &ctx)?;
     let progress = IngestProgress::new();
     // pdf-extract reports some damaged files by panicking; that is caught and reported as
     // a skipped file, so the default hook's message would only be noise here.
@@ -599,7 +600,7 @@ async fn query_cmd(cwd: &Path, args: QueryArgs) -> anyhow::Result<Outcome> {
             (Some(rank), Some(hit)) => println!(
                 "gold passage: not in the top {}; fused rank {rank} ({}, BM25 rank {}, vector rank {})",
                 args.k,
-                place(hit),
+                hit.chunk.place(),
                 rank_text(hit.text_rank),
                 rank_text(hit.vector_rank)
             ),
@@ -699,21 +700,8 @@ fn rank_text(rank: Option<usize>) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
-/// `docs/limits.md § Limits > Payload size · p. 3`
-fn place(hit: &Hit) -> String {
-    let mut place = hit.chunk.source.clone();
-    if !hit.chunk.headings.is_empty() {
-        place.push_str(" § ");
-        place.push_str(&hit.chunk.headings.join(" > "));
-    }
-    if let Some(page) = hit.chunk.page {
-        place.push_str(&format!(" · p. {page}"));
-    }
-    place
-}
-
 fn print_hit(hit: &Hit, debug: bool) {
-    println!("[{}] {}", hit.rank, place(hit));
+    println!("[{}] {}", hit.rank, hit.chunk.place());
     if debug {
         let text = match (hit.text_rank, hit.text_score) {
             (Some(rank), Some(score)) => format!("#{rank} ({score:.2})"),
