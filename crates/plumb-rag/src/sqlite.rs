@@ -17,8 +17,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::Format;
 use crate::store::{
-    Backend, Change, ChunkId, Filter, Manifest, Scored, StoreError, StoredChunk, StoredDocument,
-    bytes_vector, query_terms, vector_bytes,
+    Backend, Change, ChunkId, Filter, Manifest, Scored, SourceGlob, Stats, StoreError, StoredChunk,
+    StoredDocument, bytes_vector, query_terms, vector_bytes,
 };
 use crate::vectors::{HnswParams, VectorIndex};
 
@@ -67,14 +67,6 @@ pub struct SqliteCollection {
     params: HnswParams,
     sql: Mutex<Sql>,
     index: RwLock<VectorIndex>,
-}
-
-/// A collection's size, for listings.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Stats {
-    pub documents: usize,
-    pub chunks: usize,
-    pub bytes: usize,
 }
 
 impl SqliteCollection {
@@ -341,16 +333,13 @@ impl SqliteCollection {
     /// The chunks a filter lets through.
     fn allowed(sql: &Sql, filter: &Filter) -> Result<HashSet<ChunkId>, StoreError> {
         let pattern = match &filter.source {
-            Some(glob) => Some(glob::Pattern::new(glob).map_err(|error| {
-                StoreError::Mismatch(format!("filter source `{glob}`: {error}"))
-            })?),
+            Some(glob) => Some(
+                SourceGlob::new(glob)
+                    .map_err(|error| StoreError::Mismatch(format!("filter source {error}")))?,
+            ),
             None => None,
         };
         let heading = filter.heading.as_ref().map(|h| h.to_lowercase());
-        let options = glob::MatchOptions {
-            require_literal_separator: true,
-            ..Default::default()
-        };
         let mut statement = sql
             .conn
             .prepare_cached(
@@ -364,7 +353,7 @@ impl SqliteCollection {
             let id: i64 = row.get(0).map_err(storage)?;
             if let Some(pattern) = &pattern {
                 let source: String = row.get(1).map_err(storage)?;
-                if !pattern.matches_with(&source, options) {
+                if !pattern.matches(&source) {
                     continue;
                 }
             }
@@ -428,6 +417,14 @@ fn format_of(name: &str) -> Format {
 impl Backend for SqliteCollection {
     fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<Stats, StoreError>> {
+        Box::pin(async move { SqliteCollection::stats(self) })
     }
 
     fn documents(&self) -> BoxFuture<'_, Result<Vec<StoredDocument>, StoreError>> {

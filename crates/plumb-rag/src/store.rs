@@ -158,6 +158,54 @@ impl Filter {
     }
 }
 
+/// A glob over source paths, as filters and retrieval labels use it: `*` and `?` stay within
+/// a path segment, `**` crosses them; a pattern that is exactly the source matches it even
+/// when it is not a valid glob.
+#[derive(Clone, Debug)]
+pub struct SourceGlob {
+    text: String,
+    pattern: Option<glob::Pattern>,
+}
+
+impl SourceGlob {
+    /// Fails on a malformed pattern (an unclosed `[`, say) with what is wrong.
+    pub fn new(text: &str) -> Result<SourceGlob, String> {
+        let pattern = glob::Pattern::new(text).map_err(|error| format!("`{text}`: {error}"))?;
+        Ok(SourceGlob {
+            text: text.to_owned(),
+            pattern: Some(pattern),
+        })
+    }
+
+    /// Like `new`, but a malformed pattern matches only the identical source.
+    pub fn lenient(text: &str) -> SourceGlob {
+        SourceGlob::new(text).unwrap_or_else(|_| SourceGlob {
+            text: text.to_owned(),
+            pattern: None,
+        })
+    }
+
+    pub fn matches(&self, source: &str) -> bool {
+        let options = glob::MatchOptions {
+            require_literal_separator: true,
+            ..Default::default()
+        };
+        self.text == source
+            || self
+                .pattern
+                .as_ref()
+                .is_some_and(|p| p.matches_with(source, options))
+    }
+}
+
+/// A collection's size, for listings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stats {
+    pub documents: usize,
+    pub chunks: usize,
+    pub bytes: usize,
+}
+
 /// A search result: a chunk and its score under that search (higher is better).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Scored {
@@ -180,6 +228,12 @@ pub enum StoreError {
 /// A collection's storage: documents, chunks, the full-text and the vector index.
 pub trait Backend: Send + Sync {
     fn manifest(&self) -> &Manifest;
+
+    /// Where the collection is kept, for messages: a directory, or a database and its tables.
+    fn location(&self) -> String;
+
+    /// How many documents, chunks and document bytes it holds.
+    fn stats(&self) -> BoxFuture<'_, Result<Stats, StoreError>>;
 
     /// Every stored document (source, hash, chunk count), by source.
     fn documents(&self) -> BoxFuture<'_, Result<Vec<StoredDocument>, StoreError>>;
@@ -272,6 +326,7 @@ pub fn bytes_vector(bytes: &[u8]) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
     use super::*;
 
     #[test]
@@ -288,6 +343,18 @@ mod tests {
         assert!(Filter::parse(&["page=4-2".to_owned()]).is_err());
         assert!(Filter::parse(&["colour=red".to_owned()]).is_err());
         assert!(Filter::parse(&["source".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn source_globs_stay_within_segments() {
+        let glob = SourceGlob::new("docs/*.md").unwrap();
+        assert!(glob.matches("docs/a.md"));
+        assert!(!glob.matches("docs/sub/a.md"));
+        let deep = SourceGlob::new("docs/**/*.md").unwrap();
+        assert!(deep.matches("docs/sub/a.md"));
+        assert!(SourceGlob::new("docs/[a.md").is_err());
+        assert!(SourceGlob::lenient("docs/[a.md").matches("docs/[a.md"));
+        assert!(!SourceGlob::lenient("docs/[a.md").matches("docs/a.md"));
     }
 
     #[test]

@@ -576,3 +576,118 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// A real PostgreSQL 16 with pgvector (the `pgserver` wheel's binaries, which
+/// `scripts/test.sh` unpacks and names in `PLUMB_TEST_PGSERVER`) on a free loopback port, in a
+/// fresh data directory, stopped and removed on drop. PostgreSQL refuses to run as root, so
+/// under root it runs as `nobody`.
+pub struct PgServer {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl PgServer {
+    pub fn start() -> PgServer {
+        use std::os::unix::process::CommandExt;
+        let install = std::env::var_os("PLUMB_TEST_PGSERVER").map(std::path::PathBuf::from);
+        let Some(install) = install.filter(|p| p.join("bin/postgres").is_file()) else {
+            panic!(
+                "PostgreSQL with pgvector is needed: run scripts/test.sh (it unpacks the \
+                 `pgserver` wheel and sets PLUMB_TEST_PGSERVER to its pginstall directory)"
+            );
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let dir = std::env::temp_dir().join(format!("plumb-pg-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("data directory");
+        // Whether this runs as root, from `id -u` (this crate has no libc).
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let command = |program: &str| {
+            let mut command = std::process::Command::new(install.join("bin").join(program));
+            if root {
+                // nobody:nogroup on Debian.
+                command.uid(65534).gid(65534);
+            }
+            command
+        };
+        if root {
+            let status = std::process::Command::new("chown")
+                .args(["65534:65534"])
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown of {} failed", dir.display());
+        }
+        let data = dir.join("data");
+        let init = command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .expect("initdb");
+        assert!(
+            init.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let log = std::fs::File::create(dir.join("server.log")).expect("log");
+        let child = command("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-k")
+            .arg(&data)
+            .args(["-F", "-c", "max_connections=50"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("postgres");
+        let server = PgServer { port, dir, child };
+        for _ in 0..200 {
+            let ready = command("pg_isready")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "postgres did not start on port {port}: {}",
+            std::fs::read_to_string(server.dir.join("server.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        // A fast shutdown (SIGINT) ends the backends and releases shared memory; SIGKILL only
+        // if that has not happened in 5 s.
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

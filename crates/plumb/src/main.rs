@@ -72,10 +72,7 @@ enum Command {
     /// Serve the gateway (/v1), the registry and trace API (/api/v1) and /metrics
     Serve(serve_cmd::ServeArgs),
     /// Retrieval: ingest documents into collections, search them (BM25 + vectors), debug hits
-    Rag {
-        #[command(subcommand)]
-        command: rag_cmd::RagCommand,
-    },
+    Rag(rag_cmd::RagArgs),
     /// The gateway's request log: follow it, show one request, export JSONL
     Traces {
         #[command(subcommand)]
@@ -165,7 +162,7 @@ fn main() -> ExitCode {
             Command::Keys { command } => keys_cmd::run(command),
             Command::Serve(args) => serve_cmd::run(args).await,
             Command::Traces { command } => traces_cmd::run(command).await,
-            Command::Rag { command } => rag_cmd::run(command).await,
+            Command::Rag(args) => rag_cmd::run(args).await,
         }
     });
     // Do not wait for stuck provider calls once the command is done.

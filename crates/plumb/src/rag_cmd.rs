@@ -1,5 +1,6 @@
-//! `plumb rag ingest|query|list|show`: collections of documents for retrieval, under
-//! `.plumb/rag/NAME/` in the project (or `$PLUMB_RAG_DIR/NAME/`).
+//! `plumb rag ingest|query|eval|list|show`: collections of documents for retrieval, under
+//! `.plumb/rag/NAME/` in the project, or in the store `--store` / `$PLUMB_RAG_STORE` names
+//! (another directory, or a PostgreSQL database with pgvector).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -11,13 +12,22 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use plumb_core::Embedder;
 use plumb_provider::{ProviderContext, ProviderOptions};
 use plumb_rag::ingest::{self, Observer};
-use plumb_rag::vectors::HnswParams;
 use plumb_rag::{
-    Backend, ChunkingConfig, Filter, Hit, Manifest, Reranker, Retriever, SearchOptions,
-    SqliteCollection, Strategy, evidence,
+    Backend, ChunkingConfig, Filter, Hit, Manifest, Reranker, Retriever, SearchOptions, Store,
+    Strategy, evidence,
 };
 
 use crate::{Outcome, project, user_error};
+
+#[derive(Args, Debug)]
+pub struct RagArgs {
+    /// Where collections live: a directory, or a PostgreSQL database with pgvector
+    /// (`postgres://USER:PASSWORD@HOST:PORT/DB`) [default: .plumb/rag in the project]
+    #[arg(long, global = true, env = "PLUMB_RAG_STORE", value_name = "DIR|URL")]
+    pub store: Option<String>,
+    #[command(subcommand)]
+    pub command: RagCommand,
+}
 
 #[derive(Subcommand, Debug)]
 pub enum RagCommand {
@@ -144,12 +154,32 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// Where the project's collections live.
-pub fn collections_dir(start: &Path) -> PathBuf {
-    match std::env::var_os("PLUMB_RAG_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => project::root_from(start).join(".plumb").join("rag"),
+/// Where the project's collections live: `store` (the `--store` flag or `$PLUMB_RAG_STORE`),
+/// else `.plumb/rag` in the project.
+pub fn store_spec(start: &Path, store: Option<&str>) -> String {
+    match store {
+        Some(spec) if !spec.trim().is_empty() => spec.trim().to_owned(),
+        _ => project::root_from(start)
+            .join(".plumb")
+            .join("rag")
+            .display()
+            .to_string(),
     }
+}
+
+/// Opens the collections' store (connecting to PostgreSQL when it is a database).
+pub async fn open_store(start: &Path, store: Option<&str>) -> anyhow::Result<Store> {
+    let spec = store_spec(start, store);
+    Store::open(&spec).await.map_err(|error| {
+        user_error(
+            format!("the collections' store: {error}"),
+            Some(
+                "check --store / PLUMB_RAG_STORE: a directory, or postgres://USER@HOST:PORT/DB \
+                 of a running server where pgvector is installed"
+                    .to_owned(),
+            ),
+        )
+    })
 }
 
 fn check_name(name: &str) -> anyhow::Result<()> {
@@ -163,42 +193,30 @@ fn check_name(name: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Opens collection `name` under `start`'s project.
-pub fn open_collection(start: &Path, name: &str) -> anyhow::Result<SqliteCollection> {
+/// Opens collection `name` of `store`; a missing one is an error naming what is there.
+pub async fn open_collection(store: &Store, name: &str) -> anyhow::Result<Arc<dyn Backend>> {
     check_name(name)?;
-    let dir = collections_dir(start).join(name);
-    if !SqliteCollection::exists(&dir) {
-        let known = known_collections(&collections_dir(start));
-        let hint = match plumb_core::did_you_mean(name, known.iter().map(String::as_str)) {
-            Some(best) => format!("did you mean `{best}`?"),
-            None if known.is_empty() => {
-                "make one with `plumb rag ingest PATH… --collection NAME`".to_owned()
-            }
-            None => format!("collections here: {}", known.join(", ")),
-        };
-        return Err(user_error(
-            format!("collection `{name}` does not exist in {}", dir.display()),
-            Some(hint),
-        ));
-    }
-    SqliteCollection::open(&dir, HnswParams::default()).map_err(|error| {
+    let opened = store.open_collection(name).await.map_err(|error| {
         user_error(
             format!("collection `{name}`: {error}"),
-            Some(format!("it lives in {}", dir.display())),
+            Some(format!("it lives in {}", store.describe())),
         )
-    })
-}
-
-fn known_collections(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| SqliteCollection::exists(&e.path()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+    })?;
+    if let Some(collection) = opened {
+        return Ok(collection);
+    }
+    let known = store.list().await.unwrap_or_default();
+    let hint = match plumb_core::did_you_mean(name, known.iter().map(String::as_str)) {
+        Some(best) => format!("did you mean `{best}`?"),
+        None if known.is_empty() => {
+            "make one with `plumb rag ingest PATH… --collection NAME`".to_owned()
+        }
+        None => format!("collections here: {}", known.join(", ")),
+    };
+    Err(user_error(
+        format!("collection `{name}` does not exist in {}", store.describe()),
+        Some(hint),
+    ))
 }
 
 /// Builds the collection's embedder (pulling the embedded one when missing).
@@ -212,7 +230,7 @@ pub fn build_embedder(id: &str, ctx: &ProviderContext) -> anyhow::Result<Arc<dyn
 }
 
 /// Runs the suite's retrieval steps (`context:` on tests), filling their vars, with the
-/// collections of the suite's project.
+/// collections of the suite's project (or of `$PLUMB_RAG_STORE`).
 pub(crate) async fn attach_retrieval(
     suite: &mut plumb_eval::Suite,
     base_dir: &Path,
@@ -231,6 +249,8 @@ pub(crate) async fn attach_retrieval(
     };
     let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_owned());
     let base_dir = base_dir.as_path();
+    let store_env = std::env::var("PLUMB_RAG_STORE").ok();
+    let mut store = None;
     let mut retrievers = std::collections::HashMap::new();
     for name in names {
         let at = suite
@@ -250,8 +270,17 @@ pub(crate) async fn attach_retrieval(
             }
             anyhow::Error::new(located)
         };
-        let collection: Arc<dyn Backend> =
-            Arc::new(open_collection(base_dir, &name).map_err(located)?);
+        if store.is_none() {
+            store = Some(
+                open_store(base_dir, store_env.as_deref())
+                    .await
+                    .map_err(located)?,
+            );
+        }
+        let Some(opened) = &store else {
+            continue;
+        };
+        let collection = open_collection(opened, &name).await.map_err(located)?;
         let embedder = build_embedder(&collection.manifest().embedder, ctx).map_err(located)?;
         let retriever = Retriever::new(collection, embedder)
             .map_err(|error| located(anyhow::Error::new(error)))?;
@@ -281,27 +310,31 @@ fn build_reranker(
     Ok(Some(Reranker { model, depth }))
 }
 
-pub async fn run(command: RagCommand) -> anyhow::Result<Outcome> {
+pub async fn run(args: RagArgs) -> anyhow::Result<Outcome> {
     let cwd = project::current_dir()?;
-    match command {
-        RagCommand::Ingest(args) => ingest_cmd(&cwd, args).await,
-        RagCommand::Query(args) => query_cmd(&cwd, args).await,
-        RagCommand::Eval(args) => eval_cmd(&cwd, args).await,
-        RagCommand::List => list_cmd(&cwd),
-        RagCommand::Show { collection } => show_cmd(&cwd, &collection).await,
+    let store = args.store.as_deref();
+    match args.command {
+        RagCommand::Ingest(command) => ingest_cmd(&cwd, store, command).await,
+        RagCommand::Query(command) => query_cmd(&cwd, store, command).await,
+        RagCommand::Eval(command) => eval_cmd(&cwd, store, command).await,
+        RagCommand::List => list_cmd(&cwd, store).await,
+        RagCommand::Show { collection } => show_cmd(&cwd, store, &collection).await,
     }
 }
 
-async fn ingest_cmd(cwd: &Path, args: IngestArgs) -> anyhow::Result<Outcome> {
+async fn ingest_cmd(cwd: &Path, store: Option<&str>, args: IngestArgs) -> anyhow::Result<Outcome> {
     check_name(&args.collection)?;
     let root = project::root_from(cwd);
     let ctx = ProviderContext::new(cwd);
-    let dir = collections_dir(cwd).join(&args.collection);
     // Paths first: a typo fails before any model loads.
     let discovered = ingest::discover(&args.paths, &root)
         .map_err(|error| user_error(error.to_string(), None))?;
-    let (collection, embedder) = if SqliteCollection::exists(&dir) {
-        let collection = open_collection(cwd, &args.collection)?;
+    let store = open_store(cwd, store).await?;
+    let existing = store
+        .open_collection(&args.collection)
+        .await
+        .map_err(|error| user_error(format!("collection `{}`: {error}", args.collection), None))?;
+    let (collection, embedder) = if let Some(collection) = existing {
         refuse_changed_settings(collection.manifest(), &args)?;
         let embedder = build_embedder(&collection.manifest().embedder, &ctx)?;
         (collection, embedder)
@@ -339,7 +372,9 @@ async fn ingest_cmd(cwd: &Path, args: IngestArgs) -> anyhow::Result<Outcome> {
             dimensions,
             created_ms: plumb_core::now_ms(),
         };
-        let collection = SqliteCollection::create(&dir, manifest, HnswParams::default())
+        let collection = store
+            .create(manifest)
+            .await
             .map_err(|error| user_error(error.to_string(), None))?;
         (collection, embedder)
     };
@@ -348,11 +383,11 @@ async fn ingest_cmd(cwd: &Path, args: IngestArgs) -> anyhow::Result<Outcome> {
     // a skipped file, so the default hook's message would only be noise here.
     let previous_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let result = ingest::ingest(&collection, &*embedder, discovered, &progress).await;
+    let result = ingest::ingest(&*collection, &*embedder, discovered, &progress).await;
     std::panic::set_hook(previous_hook);
     progress.bar.finish_and_clear();
     let report = result.map_err(|error| user_error(error.to_string(), None))?;
-    let stats = collection.stats()?;
+    let stats = collection.stats().await?;
     if args.json {
         let json = serde_json::json!({
             "collection": args.collection,
@@ -405,7 +440,7 @@ async fn ingest_cmd(cwd: &Path, args: IngestArgs) -> anyhow::Result<Outcome> {
         "  now {} documents, {} chunks in {}",
         stats.documents,
         stats.chunks,
-        collection.dir().display()
+        collection.location()
     );
     Ok(Outcome::Ok)
 }
@@ -514,7 +549,7 @@ impl Observer for IngestProgress {
     }
 }
 
-async fn query_cmd(cwd: &Path, args: QueryArgs) -> anyhow::Result<Outcome> {
+async fn query_cmd(cwd: &Path, store: Option<&str>, args: QueryArgs) -> anyhow::Result<Outcome> {
     let filter = Filter::parse(&args.filters).map_err(|error| {
         user_error(
             error,
@@ -524,7 +559,8 @@ async fn query_cmd(cwd: &Path, args: QueryArgs) -> anyhow::Result<Outcome> {
     if args.k == 0 {
         return Err(user_error("-k must be at least 1", None));
     }
-    let collection: Arc<dyn Backend> = Arc::new(open_collection(cwd, &args.collection)?);
+    let store = open_store(cwd, store).await?;
+    let collection = open_collection(&store, &args.collection).await?;
     let ctx = ProviderContext::new(cwd);
     let embedder = build_embedder(&collection.manifest().embedder, &ctx)?;
     let reranker = build_reranker(
@@ -759,7 +795,7 @@ fn parse_fusion(text: &str) -> anyhow::Result<(f32, f32)> {
     })
 }
 
-async fn eval_cmd(cwd: &Path, args: EvalArgs) -> anyhow::Result<Outcome> {
+async fn eval_cmd(cwd: &Path, store: Option<&str>, args: EvalArgs) -> anyhow::Result<Outcome> {
     use plumb_eval::retrieval_eval::{self, Setting};
     if args.k == 0 {
         return Err(user_error("-k must be at least 1", None));
@@ -784,9 +820,10 @@ async fn eval_cmd(cwd: &Path, args: EvalArgs) -> anyhow::Result<Outcome> {
         args.search.rerank_depth.max(args.k),
         &ctx,
     )?;
+    let store = open_store(cwd, store).await?;
     let mut settings = Vec::new();
     for name in &args.collections {
-        let collection: Arc<dyn Backend> = Arc::new(open_collection(cwd, name)?);
+        let collection = open_collection(&store, name).await?;
         let embedder = build_embedder(&collection.manifest().embedder, &ctx)?;
         let retriever = Retriever::new(collection, embedder)
             .map_err(|error| user_error(error.to_string(), None))?
@@ -928,13 +965,13 @@ fn print_retrieval_report(
     }
 }
 
-fn list_cmd(cwd: &Path) -> anyhow::Result<Outcome> {
-    let dir = collections_dir(cwd);
-    let names = known_collections(&dir);
+async fn list_cmd(cwd: &Path, store: Option<&str>) -> anyhow::Result<Outcome> {
+    let store = open_store(cwd, store).await?;
+    let names = store.list().await?;
     if names.is_empty() {
         println!(
             "no collections in {} — make one with `plumb rag ingest PATH… --collection NAME`",
-            dir.display()
+            store.describe()
         );
         return Ok(Outcome::Ok);
     }
@@ -943,8 +980,8 @@ fn list_cmd(cwd: &Path) -> anyhow::Result<Outcome> {
         "collection", "documents", "chunks", "MB", "embedder"
     );
     for name in names {
-        let collection = open_collection(cwd, &name)?;
-        let stats = collection.stats()?;
+        let collection = open_collection(&store, &name).await?;
+        let stats = collection.stats().await?;
         let manifest = collection.manifest();
         println!(
             "{:<20} {:>9} {:>8} {:>9.2}  {:<26} {}",
@@ -971,11 +1008,12 @@ fn chunking_text(chunking: &ChunkingConfig) -> String {
     )
 }
 
-async fn show_cmd(cwd: &Path, name: &str) -> anyhow::Result<Outcome> {
-    let collection = open_collection(cwd, name)?;
+async fn show_cmd(cwd: &Path, store: Option<&str>, name: &str) -> anyhow::Result<Outcome> {
+    let store = open_store(cwd, store).await?;
+    let collection = open_collection(&store, name).await?;
     let manifest = collection.manifest();
-    let stats = collection.stats()?;
-    println!("collection {name} ({})", collection.dir().display());
+    let stats = collection.stats().await?;
+    println!("collection {name} ({})", collection.location());
     println!(
         "  embedder {} ({} dimensions)",
         manifest.embedder, manifest.dimensions

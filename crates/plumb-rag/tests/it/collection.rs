@@ -14,14 +14,14 @@ use plumb_rag::{
 
 /// A deterministic embedder for storage tests: hashed bag of words, L2-normalized; counts the
 /// texts it embeds.
-struct Hashing {
-    id: String,
-    dimensions: usize,
-    texts: AtomicUsize,
+pub(crate) struct Hashing {
+    pub(crate) id: String,
+    pub(crate) dimensions: usize,
+    pub(crate) texts: AtomicUsize,
 }
 
 impl Hashing {
-    fn new(dimensions: usize) -> Arc<Hashing> {
+    pub(crate) fn new(dimensions: usize) -> Arc<Hashing> {
         Arc::new(Hashing {
             id: "test:hashing".to_owned(),
             dimensions,
@@ -62,7 +62,7 @@ impl Embedder for Hashing {
     }
 }
 
-fn manifest(name: &str, embedder: &dyn Embedder, dimensions: usize) -> Manifest {
+pub(crate) fn manifest(name: &str, embedder: &dyn Embedder, dimensions: usize) -> Manifest {
     Manifest {
         name: name.to_owned(),
         chunking: ChunkingConfig {
@@ -81,7 +81,7 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-fn corpus(docs: &Path) {
+pub(crate) fn corpus(docs: &Path) {
     write(
         &docs.join("install.md"),
         "# Installing\n\nDownload the archive and run the installer. The installer needs \
@@ -117,23 +117,17 @@ async fn sources(retriever: &Retriever, query: &str, k: usize) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn ingest_is_incremental_persistent_and_reports_what_it_skipped() {
-    let root = tempfile::tempdir().unwrap();
-    let docs = root.path().join("docs");
+/// Ingests the corpus into an empty collection, then again unchanged, then with one section
+/// changed and one file removed, checking each report and the searches; gives the hits (text,
+/// start) of "25 MB payload" at the end, which a reopened collection must repeat.
+pub(crate) async fn incremental_scenario(
+    collection: Arc<dyn Backend>,
+    embedder: Arc<Hashing>,
+    root: &Path,
+) -> Vec<(String, usize)> {
+    let docs = root.join("docs");
     corpus(&docs);
-    let dir = root.path().join(".plumb/rag/help");
-    let embedder = Hashing::new(64);
-    let collection = Arc::new(
-        SqliteCollection::create(
-            &dir,
-            manifest("help", &*embedder, 64),
-            HnswParams::default(),
-        )
-        .unwrap(),
-    );
-
-    let found = ingest::discover(std::slice::from_ref(&docs), root.path()).unwrap();
+    let found = ingest::discover(std::slice::from_ref(&docs), root).unwrap();
     let report = ingest::ingest(&*collection, &*embedder, found, &Quiet)
         .await
         .unwrap();
@@ -168,7 +162,7 @@ async fn ingest_is_incremental_persistent_and_reports_what_it_skipped() {
 
     // Nothing changed: nothing read further, nothing embedded.
     let before = embedder.texts.load(Ordering::SeqCst);
-    let found = ingest::discover(std::slice::from_ref(&docs), root.path()).unwrap();
+    let found = ingest::discover(std::slice::from_ref(&docs), root).unwrap();
     let report = ingest::ingest(&*collection, &*embedder, found, &Quiet)
         .await
         .unwrap();
@@ -186,7 +180,7 @@ async fn ingest_is_incremental_persistent_and_reports_what_it_skipped() {
         ),
     );
     std::fs::remove_file(docs.join("sub/billing.txt")).unwrap();
-    let found = ingest::discover(std::slice::from_ref(&docs), root.path()).unwrap();
+    let found = ingest::discover(std::slice::from_ref(&docs), root).unwrap();
     let report = ingest::ingest(&*collection, &*embedder, found, &Quiet)
         .await
         .unwrap();
@@ -222,7 +216,23 @@ async fn ingest_is_incremental_persistent_and_reports_what_it_skipped() {
         .iter()
         .map(|h| (h.chunk.text.clone(), h.chunk.start))
         .collect();
-    drop((retriever, collection));
+    expected
+}
+
+#[tokio::test]
+async fn ingest_is_incremental_persistent_and_reports_what_it_skipped() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(".plumb/rag/help");
+    let embedder = Hashing::new(64);
+    let collection = Arc::new(
+        SqliteCollection::create(
+            &dir,
+            manifest("help", &*embedder, 64),
+            HnswParams::default(),
+        )
+        .unwrap(),
+    );
+    let expected = incremental_scenario(collection, embedder.clone(), root.path()).await;
 
     // Reopened: the same answers from the saved index file.
     let vector_files = |dir: &Path| {
@@ -263,22 +273,30 @@ async fn ingest_is_incremental_persistent_and_reports_what_it_skipped() {
 #[tokio::test]
 async fn mismatched_embedders_are_refused_and_nothing_is_written() {
     let root = tempfile::tempdir().unwrap();
-    let docs = root.path().join("docs");
-    corpus(&docs);
-    let dir = root.path().join("c");
     let embedder = Hashing::new(32);
     let collection = Arc::new(
-        SqliteCollection::create(&dir, manifest("c", &*embedder, 32), HnswParams::default())
-            .unwrap(),
+        SqliteCollection::create(
+            &root.path().join("c"),
+            manifest("c", &*embedder, 32),
+            HnswParams::default(),
+        )
+        .unwrap(),
     );
+    refusal_scenario(collection, root.path()).await;
+}
 
+/// A 32-dimensional collection `c` of `test:hashing`, empty: other embedders are refused and
+/// nothing is written.
+pub(crate) async fn refusal_scenario(collection: Arc<dyn Backend>, root: &Path) {
+    let docs = root.join("docs");
+    corpus(&docs);
     // Another model: refused before anything is read.
     let other = Arc::new(Hashing {
         id: "test:other".to_owned(),
         dimensions: 32,
         texts: AtomicUsize::new(0),
     });
-    let found = ingest::discover(std::slice::from_ref(&docs), root.path()).unwrap();
+    let found = ingest::discover(std::slice::from_ref(&docs), root).unwrap();
     let error = ingest::ingest(&*collection, &*other, found, &Quiet)
         .await
         .unwrap_err();
@@ -290,7 +308,7 @@ async fn mismatched_embedders_are_refused_and_nothing_is_written() {
 
     // The same id but vectors of another size (a changed endpoint): refused, nothing stored.
     let resized = Hashing::new(48);
-    let found = ingest::discover(std::slice::from_ref(&docs), root.path()).unwrap();
+    let found = ingest::discover(std::slice::from_ref(&docs), root).unwrap();
     let error = ingest::ingest(&*collection, &*resized, found, &Quiet)
         .await
         .unwrap_err();
@@ -300,9 +318,9 @@ async fn mismatched_embedders_are_refused_and_nothing_is_written() {
          32-dimensional ones"
     );
     assert!(collection.documents().await.unwrap().is_empty());
-    assert_eq!(collection.stats().unwrap().chunks, 0);
+    assert_eq!(collection.stats().await.unwrap().chunks, 0);
 
-    let missing = ingest::discover(&[root.path().join("nope")], root.path()).unwrap_err();
+    let missing = ingest::discover(&[root.join("nope")], root).unwrap_err();
     assert!(
         missing
             .to_string()
@@ -313,8 +331,6 @@ async fn mismatched_embedders_are_refused_and_nothing_is_written() {
 #[tokio::test]
 async fn filters_narrow_both_searches() {
     let root = tempfile::tempdir().unwrap();
-    let docs = root.path().join("docs");
-    corpus(&docs);
     let embedder = Hashing::new(64);
     let collection = Arc::new(
         SqliteCollection::create(
@@ -324,7 +340,19 @@ async fn filters_narrow_both_searches() {
         )
         .unwrap(),
     );
-    let found = ingest::discover(std::slice::from_ref(&docs), root.path()).unwrap();
+    filter_scenario(collection, embedder, root.path()).await;
+}
+
+/// Ingests the corpus into an empty 64-dimensional collection and checks that source, format
+/// and heading filters hold for the fused search.
+pub(crate) async fn filter_scenario(
+    collection: Arc<dyn Backend>,
+    embedder: Arc<Hashing>,
+    root: &Path,
+) {
+    let docs = root.join("docs");
+    corpus(&docs);
+    let found = ingest::discover(std::slice::from_ref(&docs), root).unwrap();
     ingest::ingest(&*collection, &*embedder, found, &Quiet)
         .await
         .unwrap();

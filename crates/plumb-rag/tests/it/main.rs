@@ -5,6 +5,8 @@
 
 mod collection;
 mod documents;
+#[cfg(feature = "postgres")]
+mod pgvector;
 
 use std::path::{Path, PathBuf};
 

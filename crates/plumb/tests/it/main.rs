@@ -50,6 +50,7 @@ impl Project {
             .env("NO_COLOR", "1")
             .env("PLUMB_DB", self.path(".plumb/plumb.db"))
             .env_remove("OPENAI_API_KEY")
+            .env_remove("PLUMB_RAG_STORE")
             .output()
             .unwrap()
     }

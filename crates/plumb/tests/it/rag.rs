@@ -259,3 +259,129 @@ fn ingest_query_and_a_suite_that_retrieves() {
         "{stderr}"
     );
 }
+
+/// The same commands with the collections in PostgreSQL + pgvector (a real server on
+/// loopback): `--store URL` on the rag commands, `PLUMB_RAG_STORE` for a suite.
+#[test]
+fn collections_in_postgres() {
+    let server = plumb_test::PgServer::start();
+    let url = server.url();
+    let project = Project::new();
+    docs(&project);
+
+    let out = project.plumb(&["rag", "--store", &url, "ingest", "docs", "-c", "help"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("3 added, 0 updated, 0 unchanged, 0 removed, 1 skipped"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("in postgres://postgres@127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(
+        !project.path(".plumb/rag/help").exists(),
+        "nothing is written under .plumb/rag"
+    );
+    // The flag may also come after the subcommand.
+    let out = project.plumb(&["rag", "ingest", "docs", "-c", "help", "--store", &url]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("0 added, 0 updated, 3 unchanged"),
+        "{stdout}"
+    );
+
+    let out = project.plumb(&["rag", "--store", &url, "list"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("help ") && l.contains(" 3 ")),
+        "{stdout}"
+    );
+    let out = project.plumb(&["rag", "--store", &url, "show", "help"]);
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("docs/limits.md"), "{stdout}");
+
+    let out = project.plumb(&[
+        "rag",
+        "--store",
+        &url,
+        "query",
+        "help",
+        "how many requests per minute may I send?",
+        "-k",
+        "2",
+        "--debug",
+        "--gold",
+        "600 requests per minute",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("[1] docs/limits.md § Limits"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("· BM25 #1 ("), "{stdout}");
+    assert!(
+        stdout.contains("gold passage: retrieved at rank 1"),
+        "{stdout}"
+    );
+    // Filters reach the database.
+    let out = project.plumb(&[
+        "rag",
+        "--store",
+        &url,
+        "query",
+        "help",
+        "requests",
+        "--filter",
+        "source=docs/bill*",
+    ]);
+    let (stdout, _) = text(&out);
+    assert!(stdout.starts_with("[1] docs/billing.md"), "{stdout}");
+    assert!(!stdout.contains("docs/limits.md"), "{stdout}");
+
+    // The default store (.plumb/rag) does not have it; the message says where it looked.
+    let out = project.plumb(&["rag", "query", "help", "x"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("collection `help` does not exist in"),
+        "{stderr}"
+    );
+
+    // A suite retrieves from the store PLUMB_RAG_STORE names.
+    project.write(
+        "suite.yaml",
+        "prompts: [\"{{ context }}\\n\\nQuestion: {{ question }}\"]\nproviders: [mock:echo]\n\
+         tests:\n  - vars: {question: When is payment due?}\n    context: {collection: help, k: 1}\n    assert:\n      - type: contains\n        value: within 30 days\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(["eval", "suite.yaml", "--no-progress"])
+        .current_dir(project.path(""))
+        .env("NO_COLOR", "1")
+        .env("PLUMB_DB", project.path(".plumb/plumb.db"))
+        .env("PLUMB_RAG_STORE", &url)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("1/1"), "{stdout}");
+
+    // A store that cannot be reached: one error, exit 2, the password not shown.
+    let out = project.plumb(&[
+        "rag",
+        "--store",
+        "postgres://plumb:hunter2@127.0.0.1:1/rag",
+        "list",
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to postgres://plumb@127.0.0.1:1/rag"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
