@@ -3,7 +3,7 @@
 //!
 //! * `context`: the chunks as one text, each headed by its citation id: `[1] source § heading`;
 //! * `contexts`: the chunk texts in rank order (what the RAG metrics score);
-//! * `retrieved`: one object per chunk (`id`, `source`, `title`, `headings`, `page`, `chunk`,
+//! * `retrieved`: one object per chunk (`id`, `source`, `title`, `headings`, `page`, `place`, `chunk`,
 //!   `text`) for templates that lay them out themselves.
 //!
 //! The vars are stored with each case, so reports and `plumb runs show` see what was retrieved.
@@ -135,6 +135,7 @@ pub fn fill(vars: &mut Map<String, Value>, hits: &[Hit]) {
                 "title": hit.chunk.title,
                 "headings": hit.chunk.headings.join(" > "),
                 "page": hit.chunk.page,
+                "place": hit.chunk.place(),
                 "chunk": hit.chunk.id,
                 "text": hit.chunk.text,
             })

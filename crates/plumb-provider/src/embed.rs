@@ -207,8 +207,12 @@ mod local {
 
     /// sentence-transformers truncates all-MiniLM-L6-v2 inputs at 256 word pieces.
     const MAX_TOKENS: usize = 256;
-    /// Texts per forward pass: large batches are faster per sentence on CPU.
-    const BATCH: usize = 64;
+    /// Word pieces per forward pass (rows × the longest row). Attention's scores grow with the
+    /// square of the length, so long texts go in small batches and short ones in large; on 2
+    /// cores 1024–4096 were alike and 8192 slower (bench/embeddings.py).
+    const TOKEN_BUDGET: usize = 2048;
+    /// Most texts per forward pass.
+    const MAX_ROWS: usize = 128;
 
     pub(super) struct MiniLm {
         id: String,
@@ -239,9 +243,9 @@ mod local {
             let model = BertModel::load(vars, &config).map_err(|e| failed("load", e))?;
             let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
                 .map_err(|e| failed("tokenizer.json", e))?;
-            // The packaged tokenizer pads to a fixed 128; pad per batch instead, and truncate
-            // where sentence-transformers does.
-            tokenizer.with_padding(Some(tokenizers::PaddingParams::default()));
+            // The packaged tokenizer pads to a fixed 128; batches are padded here instead, and
+            // truncated where sentence-transformers does.
+            tokenizer.with_padding(None);
             tokenizer
                 .with_truncation(Some(tokenizers::TruncationParams {
                     max_length: MAX_TOKENS,
@@ -255,22 +259,10 @@ mod local {
             })
         }
 
-        /// Batches texts of similar length together (each batch is padded to its longest),
-        /// then returns the vectors in the order given.
+        /// Tokenizes every text, batches texts of similar length together (each batch padded
+        /// to its longest, within the token budget), then returns the vectors in the order
+        /// given.
         pub(super) fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
-            let mut order: Vec<usize> = (0..texts.len()).collect();
-            order.sort_by_key(|&i| texts[i].len());
-            let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-            for batch in order.chunks(BATCH) {
-                let inputs: Vec<String> = batch.iter().map(|&i| texts[i].clone()).collect();
-                for (&i, vector) in batch.iter().zip(self.embed_batch(&inputs)?) {
-                    out[i] = vector;
-                }
-            }
-            Ok(out)
-        }
-
-        fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
             let encodings = {
                 let tokenizer = self
                     .tokenizer
@@ -280,16 +272,48 @@ mod local {
                     .encode_batch(texts.to_vec(), true)
                     .map_err(|e| failed("tokenize", e))?
             };
+            let mut order: Vec<usize> = (0..texts.len()).collect();
+            order.sort_by_key(|&i| encodings[i].get_ids().len());
+            let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+            let mut start = 0;
+            while start < order.len() {
+                // Sorted ascending: the last row of a batch is its longest.
+                let mut end = start + 1;
+                while end < order.len()
+                    && end - start < MAX_ROWS
+                    && (end + 1 - start) * encodings[order[end]].get_ids().len() <= TOKEN_BUDGET
+                {
+                    end += 1;
+                }
+                let batch: Vec<&tokenizers::Encoding> =
+                    order[start..end].iter().map(|&i| &encodings[i]).collect();
+                for (&i, vector) in order[start..end].iter().zip(self.embed_batch(&batch)?) {
+                    out[i] = vector;
+                }
+                start = end;
+            }
+            Ok(out)
+        }
+
+        fn embed_batch(
+            &self,
+            encodings: &[&tokenizers::Encoding],
+        ) -> Result<Vec<Vec<f32>>, ModelError> {
             let rows = encodings.len();
-            let width = encodings.first().map(|e| e.get_ids().len()).unwrap_or(0);
-            let ids: Vec<u32> = encodings
+            let width = encodings
                 .iter()
-                .flat_map(|e| e.get_ids().to_vec())
-                .collect();
-            let mask: Vec<u32> = encodings
-                .iter()
-                .flat_map(|e| e.get_attention_mask().to_vec())
-                .collect();
+                .map(|e| e.get_ids().len())
+                .max()
+                .unwrap_or(0);
+            let mut ids: Vec<u32> = Vec::with_capacity(rows * width);
+            let mut mask: Vec<u32> = Vec::with_capacity(rows * width);
+            for encoding in encodings {
+                let length = encoding.get_ids().len();
+                ids.extend_from_slice(encoding.get_ids());
+                ids.extend(std::iter::repeat_n(0, width - length));
+                mask.extend(std::iter::repeat_n(1, length));
+                mask.extend(std::iter::repeat_n(0, width - length));
+            }
             let device = Device::Cpu;
             let ids =
                 Tensor::from_vec(ids, (rows, width), &device).map_err(|e| failed("ids", e))?;

@@ -251,7 +251,7 @@ impl SqliteCollection {
             let mut insert_vector = tx
                 .prepare("INSERT OR IGNORE INTO embeddings (embed_hash, vector) VALUES (?1, ?2)")
                 .map_err(storage)?;
-            for doc in &change.add {
+            for doc in change.add {
                 insert_doc
                     .execute(params![
                         doc.source,
@@ -262,7 +262,7 @@ impl SqliteCollection {
                     ])
                     .map_err(storage)?;
                 let document_id = tx.last_insert_rowid();
-                for chunk in &doc.chunks {
+                for chunk in doc.chunks {
                     if chunk.vector.len() != self.manifest.dimensions {
                         return Err(StoreError::Mismatch(format!(
                             "{}: chunk {} has a {}-dimensional vector; the collection holds {}",
@@ -293,7 +293,7 @@ impl SqliteCollection {
                     insert_vector
                         .execute(params![chunk.embed_hash, vector_bytes(&chunk.vector)])
                         .map_err(storage)?;
-                    added.push((id as ChunkId, chunk.vector.clone()));
+                    added.push((id as ChunkId, chunk.vector));
                 }
             }
         }

@@ -21,6 +21,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+// mimalloc keeps freed memory for reuse: the embedded embedder's tensors (tens of MB per
+// forward pass) otherwise come fresh from the kernel each time, zeroed page by page.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "plumb",

@@ -182,11 +182,38 @@ pub(super) fn write(
                 escape(&message.content)
             )?;
         }
+        // Retrieved chunks read better as a list than as JSON; `context` and `contexts` are
+        // the same chunks again.
+        let retrieved = r.vars.get("retrieved").and_then(|v| v.as_array());
+        let mut vars = r.vars.clone();
+        if retrieved.is_some() {
+            for key in crate::retrieval::FILLED_VARS {
+                vars.remove(key);
+            }
+        }
         write!(
             out,
-            "<div class=\"muted\">vars</div><pre>{}</pre><ul>",
-            escape(&serde_json::to_string_pretty(&r.vars).unwrap_or_default())
+            "<div class=\"muted\">vars</div><pre>{}</pre>",
+            escape(&serde_json::to_string_pretty(&vars).unwrap_or_default())
         )?;
+        if let Some(chunks) = retrieved {
+            write!(out, "<div class=\"muted\">retrieved chunks</div><ol>")?;
+            for chunk in chunks {
+                let text = |key: &str| chunk.get(key).and_then(|v| v.as_str()).unwrap_or("");
+                let place = match text("place") {
+                    "" => text("source"),
+                    place => place,
+                };
+                write!(
+                    out,
+                    "<li><code>{}</code><pre>{}</pre></li>",
+                    escape(&place),
+                    escape(text("text"))
+                )?;
+            }
+            write!(out, "</ol>")?;
+        }
+        write!(out, "<ul>")?;
         for assertion in &r.assertions {
             write!(
                 out,

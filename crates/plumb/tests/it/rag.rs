@@ -244,6 +244,14 @@ fn ingest_query_and_a_suite_that_retrieves() {
     let report = std::fs::read_to_string(project.path("run.json")).unwrap();
     assert!(report.contains("\"retrieved\""), "{report}");
     assert!(report.contains("docs/limits.md"), "{report}");
+    let out = project.plumb(&["runs", "show", "latest", "-o", "run.html"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let html = std::fs::read_to_string(project.path("run.html")).unwrap();
+    assert!(html.contains("retrieved chunks"), "{html}");
+    assert!(
+        html.contains("<code>docs/limits.md § Limits</code>"),
+        "{html}"
+    );
 
     // An unknown collection in a suite is an error at its line.
     project.write(
