@@ -207,7 +207,7 @@ pub(super) fn write(
                 write!(
                     out,
                     "<li><code>{}</code><pre>{}</pre></li>",
-                    escape(&place),
+                    escape(place),
                     escape(text("text"))
                 )?;
             }
