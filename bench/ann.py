@@ -7,7 +7,7 @@ What it does:
      neighbours are near, not uniform noise) and 1000 queries from the same clusters, and
      finds the exact top 10 of each query by inner product (numpy, brute force);
   3. builds plumb's index (crates/plumb-rag/examples/ann.rs over plumb_rag::vectors, the
-     index collections use: usearch HNSW) and hnswlib's with the same M and efConstruction,
+     index collections use: plumb's own HNSW, plumb_rag::hnsw) and hnswlib's with the same M and efConstruction,
      both on every core, and answers the queries on one thread at each ef;
   4. prints recall@10 against exact search and queries/s per ef for both, and the queries/s
      of each at the smallest ef reaching recall@10 >= 0.95 (the issue's target: that recall
@@ -101,8 +101,6 @@ def main():
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=128)
-    parser.add_argument("--quantization", default="f16", choices=["f32", "f16", "bf16"],
-                        help="how plumb's index stores vectors (hnswlib: f32)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="plumb-ann-") as tmp:
@@ -124,7 +122,7 @@ def main():
         out_ids = os.path.join(tmp, "plumb-all.u64")
         result = subprocess.run(
             [binary, f"{tmp}/data.f32", f"{tmp}/queries.f32", str(args.dim), str(K), str(args.m),
-             str(args.ef_construction), ",".join(map(str, EFS)), out_ids, args.quantization],
+             str(args.ef_construction), ",".join(map(str, EFS)), out_ids],
             check=True, capture_output=True, text=True,
         )
         plumb = json.loads(result.stdout)
@@ -147,7 +145,7 @@ def main():
         recall = json.loads(result.stdout)
 
     print()
-    print(f"plumb's index stores {args.quantization}; hnswlib f32; recall against exact f32 search")
+    print("both indexes store f32; recall against exact f32 search")
     print(f"build ({os.cpu_count()} threads): plumb {plumb['build_seconds']:.1f} s, hnswlib {hnsw['build_seconds']:.1f} s "
           f"(plumb/hnswlib {plumb['build_seconds'] / hnsw['build_seconds']:.2f}×)")
     print(f"{'ef':>5}  {'recall@10 plumb':>16} {'hnswlib':>8}  {'queries/s plumb':>16} {'hnswlib':>8}  {'ratio':>6}")

@@ -1,6 +1,7 @@
-//! Embedders behind `plumb_core::Embedder`: the embedded all-MiniLM-L6-v2 (candle BERT over
-//! the packaged safetensors and tokenizer.json; mean pooling and L2 normalization, as
-//! sentence-transformers does) and any OpenAI-compatible `/v1/embeddings` endpoint.
+//! Embedders behind `plumb_core::Embedder`: the embedded all-MiniLM-L6-v2 (plumb's BERT in
+//! `minilm.rs` over the packaged safetensors and tokenizer.json; mean pooling and L2
+//! normalization, as sentence-transformers does) and any OpenAI-compatible `/v1/embeddings`
+//! endpoint.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -198,25 +199,23 @@ fn normalize(mut vector: Vec<f32>) -> Vec<f32> {
 mod local {
     use std::path::Path;
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use candle_core::{DType, Device, Tensor};
-    use candle_nn::VarBuilder;
-    use candle_transformers::models::bert::{BertModel, Config};
     use plumb_core::{BoxFuture, Embedder, ModelError, ModelErrorKind};
     use tokenizers::Tokenizer;
 
+    use crate::minilm::{Bert, Config};
+
     /// sentence-transformers truncates all-MiniLM-L6-v2 inputs at 256 word pieces.
     const MAX_TOKENS: usize = 256;
-    /// Word pieces per forward pass (rows × the longest row). Attention's scores grow with the
-    /// square of the length, so long texts go in small batches and short ones in large; on 2
-    /// cores 1024–4096 were alike and 8192 slower (bench/embeddings.py).
+    /// Word pieces per batch (texts are packed without padding). Attention's cost grows with
+    /// each text's length squared, the rest with the total; on 2 cores batches of 1024–4096
+    /// tokens ran alike (bench/embeddings.py).
     const TOKEN_BUDGET: usize = 2048;
-    /// Most texts per forward pass.
-    const MAX_ROWS: usize = 128;
 
     pub(super) struct MiniLm {
         id: String,
-        model: BertModel,
+        model: Bert,
         tokenizer: Mutex<Tokenizer>,
     }
 
@@ -237,18 +236,16 @@ mod local {
             };
             let config: Config = serde_json::from_slice(&read("config.json")?)
                 .map_err(|e| failed("config.json", e))?;
-            let weights = read("model.safetensors")?;
-            let vars = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
+            let model = Bert::load(&config, &read("model.safetensors")?)
                 .map_err(|e| failed("model.safetensors", e))?;
-            let model = BertModel::load(vars, &config).map_err(|e| failed("load", e))?;
             let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
                 .map_err(|e| failed("tokenizer.json", e))?;
-            // The packaged tokenizer pads to a fixed 128; batches are padded here instead, and
-            // truncated where sentence-transformers does.
+            // The packaged tokenizer pads to a fixed 128; batches are packed unpadded instead,
+            // and truncated where sentence-transformers does.
             tokenizer.with_padding(None);
             tokenizer
                 .with_truncation(Some(tokenizers::TruncationParams {
-                    max_length: MAX_TOKENS,
+                    max_length: MAX_TOKENS.min(model.max_positions()),
                     ..Default::default()
                 }))
                 .map_err(|e| failed("truncation", e))?;
@@ -259,9 +256,9 @@ mod local {
             })
         }
 
-        /// Tokenizes every text, batches texts of similar length together (each batch padded
-        /// to its longest, within the token budget), then returns the vectors in the order
-        /// given.
+        /// Tokenizes every text, cuts them into batches of about `TOKEN_BUDGET` tokens (fewer
+        /// when that would leave a core idle) and embeds the batches on all cores; the
+        /// vectors come back in the order given.
         pub(super) fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
             let encodings = {
                 let tokenizer = self
@@ -272,78 +269,60 @@ mod local {
                     .encode_batch(texts.to_vec(), true)
                     .map_err(|e| failed("tokenize", e))?
             };
-            let mut order: Vec<usize> = (0..texts.len()).collect();
-            order.sort_by_key(|&i| encodings[i].get_ids().len());
-            let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+            let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            let total: usize = ids.iter().map(|t| t.len()).sum();
+            let budget = TOKEN_BUDGET.min(total.div_ceil(threads)).max(1);
+            let mut batches: Vec<std::ops::Range<usize>> = Vec::new();
             let mut start = 0;
-            while start < order.len() {
-                // Sorted ascending: the last row of a batch is its longest.
+            while start < ids.len() {
                 let mut end = start + 1;
-                while end < order.len()
-                    && end - start < MAX_ROWS
-                    && (end + 1 - start) * encodings[order[end]].get_ids().len() <= TOKEN_BUDGET
-                {
+                let mut tokens = ids[start].len();
+                while end < ids.len() && tokens + ids[end].len() <= budget {
+                    tokens += ids[end].len();
                     end += 1;
                 }
-                let batch: Vec<&tokenizers::Encoding> =
-                    order[start..end].iter().map(|&i| &encodings[i]).collect();
-                for (&i, vector) in order[start..end].iter().zip(self.embed_batch(&batch)?) {
-                    out[i] = vector;
-                }
+                batches.push(start..end);
                 start = end;
             }
-            Ok(out)
-        }
-
-        fn embed_batch(
-            &self,
-            encodings: &[&tokenizers::Encoding],
-        ) -> Result<Vec<Vec<f32>>, ModelError> {
-            let rows = encodings.len();
-            let width = encodings
-                .iter()
-                .map(|e| e.get_ids().len())
-                .max()
-                .unwrap_or(0);
-            let mut ids: Vec<u32> = Vec::with_capacity(rows * width);
-            let mut mask: Vec<u32> = Vec::with_capacity(rows * width);
-            for encoding in encodings {
-                let length = encoding.get_ids().len();
-                ids.extend_from_slice(encoding.get_ids());
-                ids.extend(std::iter::repeat_n(0, width - length));
-                mask.extend(std::iter::repeat_n(1, length));
-                mask.extend(std::iter::repeat_n(0, width - length));
-            }
-            let device = Device::Cpu;
-            let ids =
-                Tensor::from_vec(ids, (rows, width), &device).map_err(|e| failed("ids", e))?;
-            let mask =
-                Tensor::from_vec(mask, (rows, width), &device).map_err(|e| failed("mask", e))?;
-            let types = ids.zeros_like().map_err(|e| failed("types", e))?;
-            let hidden = self
-                .model
-                .forward(&ids, &types, Some(&mask))
-                .map_err(|e| failed("forward", e))?;
-            // Mean over real tokens only, then L2 normalization.
-            let mask = mask
-                .to_dtype(DType::F32)
-                .and_then(|m| m.unsqueeze(2))
-                .map_err(|e| failed("pool", e))?;
-            let summed = hidden
-                .broadcast_mul(&mask)
-                .and_then(|h| h.sum(1))
-                .map_err(|e| failed("pool", e))?;
-            let counts = mask.sum(1).map_err(|e| failed("pool", e))?;
-            let mean = summed
-                .broadcast_div(&counts)
-                .map_err(|e| failed("pool", e))?;
-            let norms = mean
-                .sqr()
-                .and_then(|s| s.sum_keepdim(1))
-                .and_then(|s| s.sqrt())
-                .map_err(|e| failed("norm", e))?;
-            let normalized = mean.broadcast_div(&norms).map_err(|e| failed("norm", e))?;
-            normalized.to_vec2::<f32>().map_err(|e| failed("read", e))
+            let next = AtomicUsize::new(0);
+            let done: Mutex<Vec<(usize, Vec<Vec<f32>>)>> = Mutex::new(Vec::new());
+            let work = || -> Result<(), ModelError> {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(range) = batches.get(i) else {
+                        return Ok(());
+                    };
+                    let vectors = self
+                        .model
+                        .embed(&ids[range.clone()])
+                        .map_err(|e| failed("forward", e))?;
+                    done.lock()
+                        .map_err(|_| failed("batch", "lock poisoned"))?
+                        .push((range.start, vectors));
+                }
+            };
+            std::thread::scope(|scope| {
+                let helpers: Vec<_> = (1..threads.min(batches.len()))
+                    .map(|_| scope.spawn(work))
+                    .collect();
+                let mine = work();
+                helpers
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(failed("batch", "panicked")))
+                    })
+                    .chain(std::iter::once(mine))
+                    .collect::<Result<Vec<()>, ModelError>>()
+            })?;
+            let mut done = done
+                .into_inner()
+                .map_err(|_| failed("batch", "lock poisoned"))?;
+            done.sort_by_key(|(start, _)| *start);
+            Ok(done.into_iter().flat_map(|(_, vectors)| vectors).collect())
         }
     }
 

@@ -8,6 +8,8 @@ pub mod embed;
 mod http;
 #[cfg(feature = "local")]
 mod local;
+#[cfg(feature = "embed")]
+mod minilm;
 pub mod mock;
 pub mod models;
 mod openai;

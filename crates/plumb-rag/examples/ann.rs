@@ -3,7 +3,7 @@
 //! search expansion on one thread, and prints JSON: build seconds, and per expansion the
 //! queries per second and the ids found (for recall against exact search).
 //!
-//! Usage: ann DATA QUERIES DIMENSIONS K CONNECTIVITY EXPANSION_ADD EF[,EF…] OUT_IDS [f32|f16|bf16]
+//! Usage: ann DATA QUERIES DIMENSIONS K CONNECTIVITY EXPANSION_ADD EF[,EF…] OUT_IDS
 
 #![allow(
     clippy::unwrap_used,
@@ -15,7 +15,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use plumb_rag::store::bytes_vector;
-use plumb_rag::vectors::{HnswParams, Quantization, VectorIndex};
+use plumb_rag::vectors::{HnswParams, VectorIndex};
 
 fn read(path: &str, dimensions: usize) -> Vec<Vec<f32>> {
     let bytes = std::fs::read(path).expect("readable vectors");
@@ -27,7 +27,7 @@ fn read(path: &str, dimensions: usize) -> Vec<Vec<f32>> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 9 && args.len() != 10 {
+    if args.len() != 9 {
         eprintln!(
             "usage: ann DATA QUERIES DIMENSIONS K CONNECTIVITY EXPANSION_ADD EF[,EF…] OUT_IDS"
         );
@@ -45,10 +45,6 @@ fn main() {
         connectivity,
         expansion_add,
         expansion_search: efs[0],
-        quantization: args
-            .get(9)
-            .map(|q| Quantization::from_name(q).expect("f32, f16 or bf16"))
-            .unwrap_or_default(),
     };
     let items: Vec<(u64, Vec<f32>)> = data
         .into_iter()

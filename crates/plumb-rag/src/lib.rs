@@ -1,6 +1,6 @@
 //! Retrieval for plumb: documents read from Markdown, HTML, PDF and plain text (`document`),
 //! cut into chunks (`chunk`), embedded and stored in a collection (`ingest`, `store`; the
-//! embedded backend in `sqlite` with its HNSW index in `vectors`), and searched by BM25 and
+//! embedded backend in `sqlite` with its HNSW index in `vectors`, its graph in `hnsw`), and searched by BM25 and
 //! vectors fused by reciprocal rank (`retrieve`). `collections` opens the place collections
 //! live: a directory of embedded ones, or PostgreSQL with pgvector (`pgvector`, feature
 //! `postgres`).
@@ -9,6 +9,7 @@ pub mod chunk;
 pub mod collections;
 pub mod document;
 pub mod evidence;
+pub mod hnsw;
 pub mod ingest;
 #[cfg(feature = "postgres")]
 pub mod pgvector;

@@ -1,6 +1,6 @@
 //! The embedded backend: one directory per collection (`.plumb/rag/NAME/`) holding
 //! `collection.db` (SQLite: manifest, documents, chunks, the FTS5 full-text index, the
-//! embedding cache) and `vectors-GEN.usearch` (the HNSW index).
+//! embedding cache) and `vectors-GEN.hnsw` (the HNSW index).
 //!
 //! SQLite is the truth. Each ingest is one transaction that also bumps the index generation;
 //! the index file of the new generation is written (through a temporary file) before the
@@ -144,11 +144,19 @@ impl SqliteCollection {
         let path = index_path(dir, generation);
         let index = if generation == 0 {
             VectorIndex::new(manifest.dimensions, params)?
-        } else if path.is_file() {
-            VectorIndex::load(&path, manifest.dimensions, params)?
+        } else if let Some(index) = path
+            .is_file()
+            .then(|| VectorIndex::load(&path, manifest.dimensions, params).ok())
+            .flatten()
+        {
+            index
         } else {
+            // The index is derived from the database: a missing or unreadable file (another
+            // plumb's format, a crash mid-write) is rebuilt from the stored vectors.
             let index = rebuild(&conn, manifest.dimensions, params)?;
             index.save(&path)?;
+            // plumb before 0.1 kept a usearch index here.
+            let _ = std::fs::remove_file(path.with_extension("usearch"));
             index
         };
         Ok(SqliteCollection {
@@ -382,7 +390,7 @@ impl SqliteCollection {
 }
 
 fn index_path(dir: &Path, generation: u64) -> PathBuf {
-    dir.join(format!("vectors-{generation}.usearch"))
+    dir.join(format!("vectors-{generation}.hnsw"))
 }
 
 fn rebuild(
@@ -405,7 +413,7 @@ fn rebuild(
         .map_err(storage)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(storage)?;
-    let index = VectorIndex::new(dimensions, params)?;
+    let mut index = VectorIndex::new(dimensions, params)?;
     index.add(&items)?;
     Ok(index)
 }

@@ -158,6 +158,35 @@ async fn minilm_embeddings_rank_meaning() {
     assert!(drift < 1e-4, "{drift}");
 }
 
+/// The embedder's vectors equal the reference ones (candle's BERT, which matched
+/// sentence-transformers to cosine 1.000000): a short sentence, one word piece, and a text
+/// cut at 256 word pieces, embedded in one batch and one by one.
+#[tokio::test]
+async fn minilm_matches_reference_vectors() {
+    let ctx = ProviderContext::new(Path::new("."));
+    let embedder = plumb_provider::build_embedder(
+        plumb_provider::DEFAULT_EMBEDDER,
+        &ProviderOptions::default(),
+        &ctx,
+    )
+    .unwrap_or_else(|error| {
+        panic!("{error} — run `scripts/test.sh` or `plumb models pull all-minilm-l6-v2` first")
+    });
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/minilm-reference.json")).unwrap();
+    let texts: Vec<String> = serde_json::from_value(fixture["texts"].clone()).unwrap();
+    let reference: Vec<Vec<f32>> = serde_json::from_value(fixture["vectors"].clone()).unwrap();
+    let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let together = embedder.embed(&texts).await.unwrap();
+    for (i, (text, want)) in texts.iter().zip(&reference).enumerate() {
+        let alone = embedder.embed(std::slice::from_ref(text)).await.unwrap();
+        for got in [&together[i], &alone[0]] {
+            let similarity = cosine(got, want);
+            assert!(similarity > 0.99999, "text {i}: cosine {similarity}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn reused_prefixes_do_not_change_answers() {
     let model = gemma();

@@ -240,13 +240,13 @@ async fn ingest_is_incremental_persistent_and_reports_what_it_skipped() {
             .unwrap()
             .filter_map(|e| {
                 let name = e.unwrap().file_name().to_string_lossy().into_owned();
-                name.ends_with(".usearch").then_some(name)
+                name.ends_with(".hnsw").then_some(name)
             })
             .collect::<Vec<_>>()
     };
     assert_eq!(
         vector_files(&dir),
-        vec!["vectors-2.usearch"],
+        vec!["vectors-2.hnsw"],
         "old generations are deleted"
     );
     let reopen = |dir: &Path| {
@@ -265,9 +265,14 @@ async fn ingest_is_incremental_persistent_and_reports_what_it_skipped() {
     };
     assert_eq!(again(reopen(&dir)).await, expected);
     // Without its index file, the collection rebuilds it from the stored vectors.
-    std::fs::remove_file(dir.join("vectors-2.usearch")).unwrap();
+    std::fs::remove_file(dir.join("vectors-2.hnsw")).unwrap();
     assert_eq!(again(reopen(&dir)).await, expected);
-    assert_eq!(vector_files(&dir), vec!["vectors-2.usearch"]);
+    assert_eq!(vector_files(&dir), vec!["vectors-2.hnsw"]);
+    // So does an unreadable one (a crash mid-write, another plumb's format).
+    std::fs::write(dir.join("vectors-2.hnsw"), b"plumbANN\x07garbage").unwrap();
+    assert_eq!(again(reopen(&dir)).await, expected);
+    let bytes = std::fs::read(dir.join("vectors-2.hnsw")).unwrap();
+    assert!(bytes.len() > 100, "rewritten whole: {} bytes", bytes.len());
 }
 
 #[tokio::test]
