@@ -8,12 +8,13 @@ What it does:
      finds the exact top 10 of each query by inner product (numpy, brute force);
   3. builds plumb's index (crates/plumb-rag/examples/ann.rs over plumb_rag::vectors, the
      index collections use: plumb's own HNSW, plumb_rag::hnsw) and hnswlib's with the same M and efConstruction,
-     both on every core, and answers the queries on one thread at each ef;
+     both on every core, and answers the queries on one thread at each ef, ROUNDS times each,
+     alternating (this shared machine swings one run by ±30%; figures are medians);
   4. prints recall@10 against exact search and queries/s per ef for both, and the queries/s
      of each at the smallest ef reaching recall@10 >= 0.95 (the issue's target: that recall
      at hnswlib's queries/s or better).
 
-Usage: python3 bench/ann.py [--n 100000] [--dim 384] [--m 16] [--ef-construction 128]
+Usage: python3 bench/ann.py [--n 100000] [--dim 384] [--m 16] [--ef-construction 128] [--rounds 3]
 """
 
 import argparse
@@ -101,6 +102,8 @@ def main():
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="build and query both this many times, alternating; figures are medians")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="plumb-ann-") as tmp:
@@ -120,13 +123,40 @@ def main():
         )
         binary = os.path.join(ROOT, "target", "release", "examples", "ann")
         out_ids = os.path.join(tmp, "plumb-all.u64")
-        result = subprocess.run(
-            [binary, f"{tmp}/data.f32", f"{tmp}/queries.f32", str(args.dim), str(K), str(args.m),
-             str(args.ef_construction), ",".join(map(str, EFS)), out_ids],
-            check=True, capture_output=True, text=True,
-        )
-        plumb = json.loads(result.stdout)
-        # Split plumb's ids per ef into files the recall step reads.
+
+        def run_plumb():
+            result = subprocess.run(
+                [binary, f"{tmp}/data.f32", f"{tmp}/queries.f32", str(args.dim), str(K), str(args.m),
+                 str(args.ef_construction), ",".join(map(str, EFS)), out_ids],
+                check=True, capture_output=True, text=True,
+            )
+            return json.loads(result.stdout)
+
+        def run_hnswlib():
+            result = subprocess.run([python, worker, "hnswlib", *common], check=True, capture_output=True, text=True)
+            return json.loads(result.stdout)
+
+        # This machine's load swings a single run by ±30%: alternate the two, take medians.
+        rounds = {"plumb": [], "hnswlib": []}
+        for round_ in range(args.rounds):
+            print(f"ann: round {round_ + 1} of {args.rounds}: plumb, then hnswlib…", flush=True)
+            rounds["plumb"].append(run_plumb())
+            rounds["hnswlib"].append(run_hnswlib())
+
+        def median(values):
+            values = sorted(values)
+            middle = len(values) // 2
+            return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+        def medians(tool):
+            runs = rounds[tool]
+            return {
+                "build_seconds": median([r["build_seconds"] for r in runs]),
+                "runs": [{"ef": ef, "qps": median([r["runs"][i]["qps"] for r in runs])} for i, ef in enumerate(EFS)],
+            }
+
+        plumb, hnsw = medians("plumb"), medians("hnswlib")
+        # Split plumb's ids (its last round) per ef into files the recall step reads.
         raw = open(out_ids, "rb").read()
         per = len(raw) // len(EFS)
         for i, ef in enumerate(EFS):
@@ -136,16 +166,12 @@ def main():
             with open(os.path.join(tmp, f"plumb-{ef}.i64"), "wb") as f:
                 f.write(signed.tobytes())
 
-        print("ann: hnswlib…", flush=True)
-        result = subprocess.run([python, worker, "hnswlib", *common], check=True, capture_output=True, text=True)
-        hnsw = json.loads(result.stdout)
-
         names = [f"{tool}-{ef}" for tool in ("plumb", "hnswlib") for ef in EFS]
         result = subprocess.run([python, worker, "recall", *common, ",".join(names)], check=True, capture_output=True, text=True)
         recall = json.loads(result.stdout)
 
     print()
-    print("both indexes store f32; recall against exact f32 search")
+    print(f"both indexes store f32; recall against exact f32 search; medians of {args.rounds} alternating rounds")
     print(f"build ({os.cpu_count()} threads): plumb {plumb['build_seconds']:.1f} s, hnswlib {hnsw['build_seconds']:.1f} s "
           f"(plumb/hnswlib {plumb['build_seconds'] / hnsw['build_seconds']:.2f}×)")
     print(f"{'ef':>5}  {'recall@10 plumb':>16} {'hnswlib':>8}  {'queries/s plumb':>16} {'hnswlib':>8}  {'ratio':>6}")
@@ -166,6 +192,10 @@ def main():
         print(f"at recall@10 ≥ 0.95 (one query thread): plumb {p_best['qps']:.0f} q/s (ef {p_best['ef']}, "
               f"recall {recall['plumb-' + str(p_best['ef'])]:.4f}), hnswlib {h_best['qps']:.0f} q/s (ef {h_best['ef']}, "
               f"recall {recall['hnswlib-' + str(h_best['ef'])]:.4f}): plumb/hnswlib {p_best['qps'] / h_best['qps']:.2f}×")
+        ef_index = EFS.index(p_best["ef"]), EFS.index(h_best["ef"])
+        ratios = [p["runs"][ef_index[0]]["qps"] / h["runs"][ef_index[1]]["qps"]
+                  for p, h in zip(rounds["plumb"], rounds["hnswlib"])]
+        print("per round: " + ", ".join(f"{r:.2f}×" for r in ratios))
     else:
         print("a tool did not reach recall@10 0.95 at any ef measured")
 
