@@ -66,7 +66,7 @@ pub struct Graph {
     grow: Mutex<()>,
 }
 
-/// The parts of a graph `Graph::from_parts` puts back together (and `parts` takes apart).
+/// The parts of a graph `Graph::from_parts` puts back together (a saved index's contents).
 pub struct Parts {
     pub dimensions: usize,
     pub m: usize,
@@ -180,39 +180,40 @@ impl Graph {
         })
     }
 
-    pub fn into_parts(self) -> Parts {
-        let entry = self.entry().map(|(slot, _)| slot);
-        Parts {
-            dimensions: self.dimensions,
-            m: self.m,
-            ef_construction: self.ef_construction,
-            vectors: self.vectors,
-            levels: self.levels,
-            layer0: self.layer0.into_iter().map(AtomicU32::into_inner).collect(),
-            upper: self
-                .upper
-                .into_iter()
-                .flat_map(|links| links.into_vec().into_iter().map(AtomicU32::into_inner))
-                .collect(),
-            entry,
-        }
+    pub fn vectors(&self) -> &[f32] {
+        &self.vectors
     }
 
-    /// The parts as `into_parts` would give them, copied.
-    pub fn parts(&self) -> Parts {
+    pub fn levels(&self) -> &[u8] {
+        &self.levels
+    }
+
+    /// Every link list as `Parts` holds them: layer 0's, then the upper layers'.
+    pub fn all_links(&self) -> impl Iterator<Item = u32> + '_ {
+        self.layer0
+            .iter()
+            .chain(self.upper.iter().flat_map(|links| links.iter()))
+            .map(|a| a.load(Relaxed))
+    }
+
+    pub fn entry_slot(&self) -> Option<u32> {
+        self.entry().map(|(slot, _)| slot)
+    }
+
+    /// The parts `from_parts` takes, copied.
+    #[cfg(test)]
+    fn parts(&self) -> Parts {
+        let links: Vec<u32> = self.all_links().collect();
+        let (layer0, upper) = links.split_at(self.layer0.len());
         Parts {
             dimensions: self.dimensions,
             m: self.m,
             ef_construction: self.ef_construction,
             vectors: self.vectors.clone(),
             levels: self.levels.clone(),
-            layer0: self.layer0.iter().map(|a| a.load(Relaxed)).collect(),
-            upper: self
-                .upper
-                .iter()
-                .flat_map(|links| links.iter().map(|a| a.load(Relaxed)))
-                .collect(),
-            entry: self.entry().map(|(slot, _)| slot),
+            layer0: layer0.to_vec(),
+            upper: upper.to_vec(),
+            entry: self.entry_slot(),
         }
     }
 
@@ -887,14 +888,14 @@ mod tests {
         let mut graph = Graph::new(8, 6, 40);
         graph.extend(data.iter().map(Vec::as_slice), 2);
         let before = graph.search(&data[3], 5, 32, &|_| true);
-        let back = Graph::from_parts(graph.into_parts()).unwrap();
+        let back = Graph::from_parts(graph.parts()).unwrap();
         let after = back.search(&data[3], 5, 32, &|_| true);
         assert_eq!(
             before.iter().map(|n| n.slot).collect::<Vec<_>>(),
             after.iter().map(|n| n.slot).collect::<Vec<_>>()
         );
         assert_eq!(after[0].slot, 3);
-        let mut parts = back.into_parts();
+        let mut parts = back.parts();
         parts.layer0[1] = 9999;
         parts.layer0[0] = parts.layer0[0].max(1);
         assert!(Graph::from_parts(parts).is_err());

@@ -99,7 +99,7 @@ impl VectorIndex {
             };
             let ids = reader.u64s(n)?;
             let levels = reader.take(n)?.to_vec();
-            let removed = reader.take(n)?.iter().map(|&b| b != 0).collect();
+            let removed: Vec<bool> = reader.take(n)?.iter().map(|&b| b != 0).collect();
             let vectors = reader.f32s(n.checked_mul(stored_dimensions)?)?;
             let layer0 = reader.u32s(n.checked_mul(1 + 2 * m)?)?;
             let upper_len = levels.iter().map(|&l| l as usize * (1 + m)).sum();
@@ -131,7 +131,6 @@ impl VectorIndex {
             )));
         }
         let graph = Graph::from_parts(parts).map_err(unreadable)?;
-        let removed: Vec<bool> = removed;
         let slots = ids
             .iter()
             .zip(&removed)
@@ -151,30 +150,30 @@ impl VectorIndex {
     /// Writes the index to `path` through a temporary file, so `path` is always whole.
     pub fn save(&self, path: &Path) -> Result<(), StoreError> {
         let temporary = path.with_extension("partial");
-        let parts = self.graph.parts();
+        let graph = &self.graph;
         let write = || -> std::io::Result<()> {
             let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&temporary)?);
             out.write_all(MAGIC)?;
             for word in [
                 FORMAT,
-                parts.dimensions as u32,
-                parts.m as u32,
-                parts.ef_construction as u32,
+                graph.dimensions() as u32,
+                graph.m() as u32,
+                graph.ef_construction() as u32,
             ] {
                 out.write_all(&word.to_le_bytes())?;
             }
             out.write_all(&(self.ids.len() as u64).to_le_bytes())?;
-            out.write_all(&parts.entry.unwrap_or(u32::MAX).to_le_bytes())?;
+            out.write_all(&graph.entry_slot().unwrap_or(u32::MAX).to_le_bytes())?;
             for id in &self.ids {
                 out.write_all(&id.to_le_bytes())?;
             }
-            out.write_all(&parts.levels)?;
+            out.write_all(graph.levels())?;
             let removed: Vec<u8> = self.removed.iter().map(|&r| u8::from(r)).collect();
             out.write_all(&removed)?;
-            for value in &parts.vectors {
+            for value in graph.vectors() {
                 out.write_all(&value.to_le_bytes())?;
             }
-            for link in parts.layer0.iter().chain(&parts.upper) {
+            for link in graph.all_links() {
                 out.write_all(&link.to_le_bytes())?;
             }
             out.into_inner().map_err(|e| e.into_error())?.sync_all()
@@ -216,10 +215,7 @@ impl VectorIndex {
             .collect();
         self.remove(&replaced)?;
         let first = self.ids.len();
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(items.len().div_ceil(256));
+        let threads = builders(items.len());
         self.graph
             .extend(items.iter().map(|(_, v)| v.as_slice()), threads);
         for (offset, (id, _)) in items.iter().enumerate() {
@@ -253,10 +249,7 @@ impl VectorIndex {
             self.graph.m(),
             self.graph.ef_construction(),
         );
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(live.len().div_ceil(256));
+        let threads = builders(live.len());
         graph.extend(
             live.iter().map(|&(_, slot)| self.graph.vector(slot)),
             threads,
@@ -315,6 +308,14 @@ impl VectorIndex {
             })
             .collect())
     }
+}
+
+/// Threads to link `nodes` new nodes on: every core, but one per 256 nodes at most.
+fn builders(nodes: usize) -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(nodes.div_ceil(256))
 }
 
 /// A little-endian reader over a file's bytes.
