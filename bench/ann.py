@@ -7,7 +7,8 @@ What it does:
      neighbours are near, not uniform noise) and 1000 queries from the same clusters, and
      finds the exact top 10 of each query by inner product (numpy, brute force);
   3. builds plumb's index (crates/plumb-rag/examples/ann.rs over plumb_rag::vectors, the
-     index collections use: plumb's own HNSW, plumb_rag::hnsw) and hnswlib's with the same M and efConstruction,
+     index collections use: plumb's own HNSW, plumb_rag::hnsw; on AVX-512 its search walks f16
+     copies of the vectors and ranks by the f32 ones) and hnswlib's (f32) with the same M and efConstruction,
      both on every core, and answers the queries on one thread at each ef, ROUNDS times each,
      alternating (this shared machine swings one run by ±30%; figures are medians);
   4. prints recall@10 against exact search and queries/s per ef for both, and the queries/s
@@ -171,7 +172,13 @@ def main():
         recall = json.loads(result.stdout)
 
     print()
-    print(f"both indexes store f32; recall against exact f32 search; medians of {args.rounds} alternating rounds")
+    # What each keeps per vector: hnswlib f32; plumb f32 and, where the CPU converts f16
+    # (AVX-512), an f16 copy its search walks over before ranking by the f32 vectors.
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+    f16 = all(f"avx512{x}" in flags for x in ("f", "bw", "cd", "dq", "vl"))
+    kept = f"f32 + an f16 copy ({6 * args.dim} B)" if f16 else f"f32 ({4 * args.dim} B)"
+    print(f"per vector: plumb {kept}, hnswlib f32 ({4 * args.dim} B); recall against exact f32 search; "
+          f"medians of {args.rounds} alternating rounds")
     print(f"build ({os.cpu_count()} threads): plumb {plumb['build_seconds']:.1f} s, hnswlib {hnsw['build_seconds']:.1f} s "
           f"(plumb/hnswlib {plumb['build_seconds'] / hnsw['build_seconds']:.2f}×)")
     print(f"{'ef':>5}  {'recall@10 plumb':>16} {'hnswlib':>8}  {'queries/s plumb':>16} {'hnswlib':>8}  {'ratio':>6}")

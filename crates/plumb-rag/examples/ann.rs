@@ -4,6 +4,10 @@
 //! queries per second and the ids found (for recall against exact search).
 //!
 //! Usage: ann DATA QUERIES DIMENSIONS K CONNECTIVITY EXPANSION_ADD EF[,EF…] OUT_IDS
+//!
+//! With `ANN_INDEX=PATH` set, the index is read from PATH when it exists (build seconds are
+//! then 0) and saved there after a build otherwise: a search change can be timed on the
+//! same graph, run after run.
 
 #![allow(
     clippy::unwrap_used,
@@ -51,10 +55,20 @@ fn main() {
         .enumerate()
         .map(|(i, v)| (i as u64, v))
         .collect();
-    let started = Instant::now();
-    let mut index = VectorIndex::new(dimensions, params).unwrap();
-    index.add(&items).unwrap();
-    let build = started.elapsed().as_secs_f64();
+    let saved = std::env::var_os("ANN_INDEX").map(std::path::PathBuf::from);
+    let (mut index, build) = match &saved {
+        Some(path) if path.exists() => (VectorIndex::load(path, dimensions, params).unwrap(), 0.0),
+        _ => {
+            let started = Instant::now();
+            let mut index = VectorIndex::new(dimensions, params).unwrap();
+            index.add(&items).unwrap();
+            let build = started.elapsed().as_secs_f64();
+            if let Some(path) = &saved {
+                index.save(path).unwrap();
+            }
+            (index, build)
+        }
+    };
 
     let mut out = std::fs::File::create(&args[8]).unwrap();
     let mut runs = Vec::new();

@@ -11,6 +11,7 @@ pub mod document;
 pub mod evidence;
 pub mod hnsw;
 pub mod ingest;
+pub mod pages;
 #[cfg(feature = "postgres")]
 pub mod pgvector;
 pub mod retrieve;

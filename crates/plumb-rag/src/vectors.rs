@@ -341,12 +341,13 @@ impl<'a> Bytes<'a> {
 
     fn words<const N: usize, T>(&mut self, n: usize, from: fn([u8; N]) -> T) -> Option<Vec<T>> {
         let bytes = self.take(n.checked_mul(N)?)?;
-        Some(
+        let mut words = crate::pages::vec_with_capacity(n);
+        words.extend(
             bytes
                 .chunks_exact(N)
-                .filter_map(|word| word.try_into().ok().map(from))
-                .collect(),
-        )
+                .filter_map(|word| word.try_into().ok().map(from)),
+        );
+        Some(words)
     }
 
     fn u32s(&mut self, n: usize) -> Option<Vec<u32>> {
