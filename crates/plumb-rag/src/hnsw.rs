@@ -313,13 +313,8 @@ impl Graph {
     /// Gives `halves` the f16 bits of the vectors it lacks, or leaves it empty where the CPU
     /// cannot convert them.
     fn sync_halves(&mut self) {
-        let from = self.halves.len();
-        if from == 0 && !with_cpu(HasHalves) {
-            return;
-        }
-        crate::pages::reserve(&mut self.halves, self.vectors.len() - from);
         with_cpu(ToHalves {
-            from: &self.vectors[from..],
+            from: &self.vectors[self.halves.len()..],
             to: &mut self.halves,
         });
     }
@@ -359,13 +354,11 @@ impl Graph {
     /// the f32 vector otherwise.
     #[inline(always)]
     fn walk_distance<C: Cpu, const HALF: bool>(&self, cpu: C, query: &[f32], slot: u32) -> f32 {
-        if HALF {
-            let start = slot as usize * self.dimensions;
-            if let Some(half) = self.halves.get(start..start + self.dimensions)
-                && let Some(dot) = cpu.dot_half(query, half)
-            {
-                return 1.0 - dot;
-            }
+        if HALF
+            && let Some(half) = self.half(slot)
+            && let Some(dot) = cpu.dot_half(query, half)
+        {
+            return 1.0 - dot;
         }
         self.distance(cpu, query, slot)
     }
@@ -373,12 +366,18 @@ impl Graph {
     /// Hints that the walk is about to read `slot`'s vector.
     #[inline(always)]
     fn prefetch<C: Cpu, const HALF: bool>(&self, cpu: C, slot: u32) {
-        let start = slot as usize * self.dimensions;
-        if HALF && let Some(half) = self.halves.get(start..start + self.dimensions) {
+        if HALF && let Some(half) = self.half(slot) {
             cpu.prefetch(half);
         } else {
             cpu.prefetch(self.vector(slot));
         }
+    }
+
+    /// `slot`'s f16 copy, where the graph keeps them.
+    #[inline(always)]
+    fn half(&self, slot: u32) -> Option<&[u16]> {
+        let start = slot as usize * self.dimensions;
+        self.halves.get(start..start + self.dimensions)
     }
 
     /// Walks `layer` from `from` to the nearest node it can reach by always stepping closer.
@@ -670,7 +669,8 @@ trait Cpu: Copy {
     fn dot_half(self, _a: &[f32], _b: &[u16]) -> Option<f32> {
         None
     }
-    /// Appends `from` to `to` as f16 bits (rounded to nearest); false where the CPU cannot.
+    /// Appends `from` to `to` as f16 bits (rounded to nearest, `to` on huge pages); false,
+    /// and `to` untouched, where the CPU cannot.
     fn to_halves(self, _from: &[f32], _to: &mut Vec<u16>) -> bool {
         false
     }
@@ -833,6 +833,7 @@ impl Cpu for pulp::x86::V4 {
         use std::arch::x86_64::{__m512, _MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT};
         const ROUND: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
         let f = self.avx512f;
+        crate::pages::reserve(to, from.len());
         let (chunks, tail) = from.as_chunks::<16>();
         for chunk in chunks {
             let halves = f._mm512_cvtps_ph::<ROUND>(pulp::cast::<[f32; 16], __m512>(*chunk));
@@ -850,18 +851,6 @@ impl Cpu for pulp::x86::V4 {
     #[inline(always)]
     fn prefetch<T>(self, values: &[T]) {
         prefetch_lines(self.sse, values);
-    }
-}
-
-/// Whether the CPU converts f16 (nothing is converted).
-struct HasHalves;
-
-impl CpuOp for HasHalves {
-    type Output = bool;
-
-    #[inline(always)]
-    fn run<C: Cpu>(self, cpu: C) -> bool {
-        cpu.to_halves(&[], &mut Vec::new())
     }
 }
 
